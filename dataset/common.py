@@ -25,19 +25,19 @@ class PuzzleDatasetMetadata(pydantic.BaseModel):
     sets: List[str]
 
 
-# The 8 symmetries of the square, in the reference's order: identity, rot90, rot180, rot270,
-# transpose, flip left-right, flip up-down, anti-transpose.
+# The 8 symmetries of the square in the reference's order (augment names store the id as `t<k>`):
+# identity, rot90, rot180, rot270, flip left-right, flip up-down, transpose, anti-transpose.
 def dihedral_transform(grid: np.ndarray, tid: int) -> np.ndarray:
     if tid == 0:
         return grid
     if tid in (1, 2, 3):
         return np.rot90(grid, k=tid)
     if tid == 4:
-        return grid.T
-    if tid == 5:
         return np.fliplr(grid)
-    if tid == 6:
+    if tid == 5:
         return np.flipud(grid)
+    if tid == 6:
+        return grid.T
     if tid == 7:
         return np.fliplr(np.rot90(grid, k=1))
     raise ValueError(f"dihedral transform id {tid} is out of range; use 0..7")
