@@ -1,0 +1,118 @@
+"""Build the pieces a run needs from a validated config: data, model and optimizers, evaluators."""
+import inspect
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from dataset.common import PuzzleDatasetMetadata
+from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
+from training.config import ConfigError, PretrainConfig
+from training.distributed import DistInfo
+from utils.functions import load_model_class
+
+
+def ensure_dataset(config: PretrainConfig) -> None:
+    """Build data_paths[0] with `data_build` when it is missing (the offline quickstart)."""
+    path = config.data_paths[0]
+    if os.path.exists(os.path.join(path, "train", "dataset.json")):
+        return
+    if config.data_build is None:
+        raise ConfigError(f"dataset '{path}' not found: build it first (e.g. python dataset/build_sudoku_dataset.py "
+                          f"--output-dir {path} ...) or fix data_paths")
+    cmd = [sys.executable, "-m", config.data_build.module, "--output-dir", path, *config.data_build.args]
+    print("Building missing dataset:", " ".join(cmd))
+    subprocess.run(cmd, check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def create_dataloader(config: PretrainConfig, split: str, dist_info: DistInfo, epochs_per_iter: int = 1,
+                      test_set_mode: bool = False, data_paths: Optional[List[str]] = None):
+    dataset = PuzzleDataset(PuzzleDatasetConfig(
+        seed=config.seed,
+        dataset_paths=data_paths or config.data_paths,
+        global_batch_size=config.global_batch_size,
+        test_set_mode=test_set_mode,
+        epochs_per_iter=epochs_per_iter,
+        rank=dist_info.rank,
+        num_replicas=dist_info.world_size,
+    ), split=split)
+    return dataset, dataset.metadata
+
+
+def model_config_dict(config: PretrainConfig, metadata: PuzzleDatasetMetadata, world_size: int,
+                      forward_dtype: str) -> dict:
+    """SPEC §3a: every extra key under `arch`, plus what the data dictates."""
+    arch = config.arch.model_dump()
+    arch.pop("name")
+    arch.pop("loss")
+    return dict(**arch,
+                forward_dtype=forward_dtype,
+                batch_size=config.global_batch_size // world_size,
+                vocab_size=metadata.vocab_size,
+                seq_len=metadata.seq_len,
+                num_puzzle_identifiers=metadata.num_puzzle_identifiers,
+                causal=False)
+
+
+def create_loss_head(config: PretrainConfig, metadata: PuzzleDatasetMetadata, world_size: int,
+                     forward_dtype: str) -> nn.Module:
+    loss_kwargs = config.arch.loss.model_dump()
+    loss_kwargs.pop("name")
+    try:
+        model_cls = load_model_class(config.arch.name)
+        loss_cls = load_model_class(config.arch.loss.name)
+        model = model_cls(model_config_dict(config, metadata, world_size, forward_dtype))
+        return loss_cls(model, **loss_kwargs)
+    except ValueError as e:  # the models state bad configuration in one line
+        raise ConfigError(f"arch: {e}") from None
+
+
+def create_optimizers(config: PretrainConfig, head: nn.Module, world_size: int):
+    """AdamATan2 for the weights, sign-SGD for the sparse puzzle embedding; lrs are set per step by the schedule."""
+    from models.adam_atan2 import AdamATan2
+    from models.sparse_embedding import CastedSparseEmbeddingSignSGD_Distributed
+
+    optimizers, base_lrs = [], []
+    puzzle_emb = getattr(head.model, "puzzle_emb", None)
+    if puzzle_emb is not None:
+        optimizers.append(CastedSparseEmbeddingSignSGD_Distributed(
+            puzzle_emb.buffers(), lr=0, weight_decay=config.puzzle_emb_weight_decay, world_size=world_size))
+        base_lrs.append(config.puzzle_emb_lr)
+    if config.freeze_weights:
+        for p in head.parameters():
+            p.requires_grad_(False)
+    else:
+        optimizers.append(AdamATan2(head.parameters(), lr=0, weight_decay=config.weight_decay,
+                                    betas=(config.beta1, config.beta2)))
+        base_lrs.append(config.lr)
+    return optimizers, base_lrs
+
+
+def create_evaluators(config: PretrainConfig, eval_metadata: PuzzleDatasetMetadata, data_paths: List[str]) -> List[Any]:
+    evaluators = []
+    for cfg in config.evaluators:
+        kwargs = cfg.model_dump()
+        name = kwargs.pop("name")
+        try:
+            cls = load_model_class(name, prefix="evaluators.")
+        except ValueError as e:
+            raise ConfigError(f"evaluators: {e}") from None
+        for path in data_paths:
+            evaluators.append(cls(data_path=path, eval_metadata=eval_metadata, **kwargs))
+    return evaluators
+
+
+def copy_run_files(config: PretrainConfig, head: nn.Module) -> None:
+    """Keep the resolved config and the model's source beside the checkpoints, as the reference does."""
+    os.makedirs(config.checkpoint_path, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(config.model_dump()), os.path.join(config.checkpoint_path, "all_config.yaml"))
+    for obj in (type(head.model), type(head)):
+        src = inspect.getsourcefile(obj)
+        if src:
+            shutil.copy(src, os.path.join(config.checkpoint_path, os.path.basename(src)))

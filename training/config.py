@@ -1,0 +1,125 @@
+"""Validated training configuration (SPEC §2 plus our own keys)."""
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional
+
+import pydantic
+
+
+class ConfigError(ValueError):
+    """A configuration problem, stated in one line."""
+
+
+class _Strict(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+
+class _Open(pydantic.BaseModel):
+    # Extra keys are passed through to the model / loss / evaluator (SPEC §3a).
+    model_config = pydantic.ConfigDict(extra="allow")
+
+
+class LossConfig(_Open):
+    name: str
+
+
+class ArchConfig(_Open):
+    name: str
+    loss: LossConfig
+
+
+class EvaluatorConfig(_Open):
+    name: str
+
+
+class DataBuildConfig(_Strict):
+    module: str
+    args: List[str] = []
+
+
+class WandbConfig(_Strict):
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    entity: Optional[str] = None
+    tags: List[str] = []
+
+
+class PretrainConfig(_Strict):
+    arch: ArchConfig
+    data_paths: List[str]
+    data_paths_test: List[str] = []
+    data_build: Optional[DataBuildConfig] = None
+    evaluators: List[EvaluatorConfig] = []
+
+    global_batch_size: pydantic.PositiveInt
+    epochs: pydantic.PositiveInt
+    eval_interval: Optional[pydantic.PositiveInt] = None
+    min_eval_interval: Optional[pydantic.NonNegativeInt] = 0
+    checkpoint_every_eval: bool = False
+
+    lr: float
+    lr_min_ratio: float
+    lr_warmup_steps: pydantic.NonNegativeInt
+    beta1: float
+    beta2: float
+    weight_decay: float
+    puzzle_emb_weight_decay: float
+    puzzle_emb_lr: float
+
+    seed: int = 0
+    ema: bool = False
+    ema_rate: float = 0.999
+    freeze_weights: bool = False
+    eval_save_outputs: List[str] = []
+
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    compile: Optional[bool] = None
+    grad_clip: Optional[pydantic.PositiveFloat] = None
+    eval_max_batches: Optional[pydantic.PositiveInt] = None
+    wandb: WandbConfig = WandbConfig()
+
+    project_name: Optional[str] = None
+    run_name: Optional[str] = None
+    checkpoint_path: Optional[str] = None
+    load_checkpoint: Optional[str] = None
+
+    @pydantic.model_validator(mode="after")
+    def _check(self):
+        if not self.data_paths:
+            raise ValueError("data_paths is empty; give at least one dataset directory, e.g. data_paths=\"[data/sudoku6-quick]\"")
+        if self.eval_interval is not None and self.epochs % self.eval_interval != 0:
+            raise ValueError(f"eval_interval={self.eval_interval} must divide epochs={self.epochs}")
+        return self
+
+    def fill_defaults(self) -> "PretrainConfig":
+        """Derive project and run names and the checkpoint directory as the reference does."""
+        if self.project_name is None:
+            self.project_name = f"{Path(self.data_paths[0]).name.capitalize()}-ACT-torch"
+        if self.run_name is None:
+            import datetime
+            self.run_name = f"{self.arch.name.split('@')[-1]} {datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        if self.checkpoint_path is None:
+            self.checkpoint_path = os.path.join("checkpoints", self.project_name, self.run_name)
+        return self
+
+
+def format_validation_error(err: pydantic.ValidationError) -> str:
+    # An unknown key usually explains the other errors (a misspelt key is also "missing").
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    first = errors[0]
+    key = ".".join(str(p) for p in first["loc"]) or "config"
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key '{key}': remove it or check its spelling (see config/cfg_pretrain.yaml)"
+    if first["type"] == "missing":
+        return f"missing config key '{key}': set it in the YAML or with {key}=..."
+    msg = first["msg"].removeprefix("Value error, ")
+    given = first.get("input")
+    if isinstance(given, (dict, list)) or key == "config":
+        return f"bad config: {msg}"
+    return f"bad config key '{key}' = {given!r}: {msg}"
+
+
+def validate_config(raw: Dict[str, Any]) -> PretrainConfig:
+    try:
+        return PretrainConfig.model_validate(raw)
+    except pydantic.ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None

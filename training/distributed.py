@@ -1,0 +1,37 @@
+"""torch.distributed set-up for torchrun: NCCL on CUDA, Gloo elsewhere."""
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    cpu_group: Optional[object] = None  # Gloo group for object gathers (evaluators)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_request: str) -> DistInfo:
+    """Join the torchrun process group when launched by torchrun; a single process otherwise."""
+    if "LOCAL_RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return DistInfo()
+    local_rank = int(os.environ["LOCAL_RANK"])
+    use_cuda = torch.cuda.is_available() and device_request in ("auto", "cuda")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    cpu_group = dist.new_group(backend="gloo") if use_cuda else dist.group.WORLD
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, cpu_group=cpu_group)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,87 @@
+"""Metrics go to Weights & Biases (online, offline or disabled) and always to metrics.jsonl."""
+import json
+import math
+import os
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+
+def wandb_logged_in() -> bool:
+    """True when an API key is configured (env, netrc or settings); makes no network call."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        from wandb.apis import InternalApi
+        return bool(InternalApi().api_key)
+    except Exception:
+        return False
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    if os.environ.get("WANDB_MODE") in ("online", "offline", "disabled"):
+        return os.environ["WANDB_MODE"]
+    if mode == "auto":
+        return "online" if wandb_logged_in() else "offline"
+    return mode
+
+
+def flatten_metrics(metrics: Dict[str, Any], prefix: str = "") -> Dict[str, float]:
+    """{'test': {'accuracy': 0.5}} -> {'test/accuracy': 0.5}, numbers as Python floats."""
+    flat = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_metrics(value, prefix=f"{name}/"))
+        else:
+            flat[name] = float(value.item() if hasattr(value, "item") else value)
+    return flat
+
+
+class Tracker:
+    """Rank 0's logger. `run_id` continues an earlier W&B run (resume)."""
+
+    def __init__(self, config, run_dir: str, run_id: Optional[str] = None):
+        os.makedirs(run_dir, exist_ok=True)
+        self.jsonl_path = os.path.join(run_dir, "metrics.jsonl")
+        self.mode = resolve_wandb_mode(config.wandb.mode)
+        self.run = None
+        if self.mode != "disabled":
+            import wandb
+            kwargs = dict(project=config.project_name, name=config.run_name, entity=config.wandb.entity,
+                          tags=config.wandb.tags, dir=run_dir, config=config.model_dump(),
+                          id=run_id, resume="allow" if run_id else None,
+                          settings=wandb.Settings(silent=True, init_timeout=60))
+            try:
+                self.run = wandb.init(mode=self.mode, **kwargs)
+            except Exception as e:  # e.g. logged in but offline: keep the run, log locally
+                if self.mode != "online":
+                    raise
+                print(f"W&B online init failed ({type(e).__name__}: {e}); logging offline into {run_dir}")
+                self.mode = "offline"
+                self.run = wandb.init(mode="offline", **kwargs)
+
+    @property
+    def run_id(self) -> Optional[str]:
+        return self.run.id if self.run is not None else None
+
+    def log(self, metrics: Dict[str, Any], step: int) -> None:
+        flat = flatten_metrics(metrics)
+        with open(self.jsonl_path, "a") as f:
+            f.write(json.dumps({"step": step, **{k: (None if math.isnan(v) else v) for k, v in flat.items()}}) + "\n")
+        if self.run is not None:
+            self.run.log(flat, step=step)
+
+    def log_images(self, images: Dict[str, Any], step: int) -> None:
+        if self.run is not None:
+            import wandb
+            self.run.log({k: wandb.Image(np.asarray(v)) for k, v in images.items()}, step=step)
+
+    def summary(self, key: str, value) -> None:
+        if self.run is not None:
+            self.run.summary[key] = value
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
