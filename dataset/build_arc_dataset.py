@@ -1,0 +1,429 @@
+"""Build the ARC dataset (SPEC §7) from the Kaggle JSON layout `<prefix>_<subset>_{challenges,solutions}.json`.
+
+Every puzzle is one group: the original plus up to `--num-aug` distinct augmentations (a dihedral transform and a
+permutation of colours 1-9), each its own puzzle named `name|||t<k>|||<colour map digits>`. All examples of a
+puzzle go to `train`, except the test examples of the test set's puzzles, which go to `test`. Grids are laid out
+on a 30x30 canvas: 0 = pad, 1 = end-of-grid marker (row below and column right of the grid), colours 0-9 -> 2..11.
+In `train` every example but one per puzzle is translated to a random offset on the canvas.
+
+The work is vectorised per puzzle: all grids of a puzzle are flattened into one vector with a gather index per
+dihedral transform, so a thousand augmentations are a couple of numpy fancy-indexing calls, and the encoded
+examples are streamed straight into the .npy files (memory stays at one puzzle's worth).
+"""
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as `python dataset/build_arc_dataset.py`: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dataset.common import AtomicOutputDir, PuzzleDatasetMetadata, dihedral_transform, inverse_dihedral_transform
+
+GRID_SIZE = 30
+PAD_ID, EOS_ID, COLOUR_OFFSET = 0, 1, 2
+VOCAB_SIZE = 10 + COLOUR_OFFSET
+SEQ_LEN = GRID_SIZE * GRID_SIZE
+NAME_SEPARATOR = "|||"
+AUGMENT_TRIES_FACTOR = 5  # candidates drawn per wanted augmentation before giving up (few-colour puzzles run out)
+NPY_HEADER_BYTES = 128    # fixed, so the row count can be written after streaming the rows
+
+
+class ARCInputError(ValueError):
+    """Bad input data: the message is one line naming the file and puzzle."""
+
+
+# ---------------------------------------------------------------- pure grid helpers (shared with the evaluator)
+
+def to_grid(value, where: str) -> np.ndarray:
+    """Validate one ARC grid (list of equal-length rows of ints 0-9, at most 30x30) and return it as uint8."""
+    try:
+        arr = np.array(value)
+    except ValueError:
+        raise ARCInputError(f"{where}: grid rows have different lengths; each grid must be a rectangular list of rows") from None
+    if arr.ndim != 2 or arr.size == 0:
+        raise ARCInputError(f"{where}: not a non-empty 2-D grid (expected a list of equal-length rows of colours 0-9)")
+    if arr.dtype.kind not in "iu":
+        raise ARCInputError(f"{where}: grid cells must be integers 0-9, found dtype {arr.dtype}")
+    if arr.shape[0] > GRID_SIZE or arr.shape[1] > GRID_SIZE:
+        raise ARCInputError(f"{where}: grid is {arr.shape[0]}x{arr.shape[1]}, larger than {GRID_SIZE}x{GRID_SIZE}; ARC grids must fit 30x30")
+    bad = arr[(arr < 0) | (arr > 9)]
+    if bad.size:
+        raise ARCInputError(f"{where}: colour {int(bad[0])} outside 0-9")
+    return arr.astype(np.uint8)
+
+
+def encode_grid(grid: np.ndarray, row_offset: int = 0, col_offset: int = 0) -> np.ndarray:
+    """One grid -> flat 30x30 canvas with colours + 2 at the offset and end markers below and right of it."""
+    h, w = grid.shape
+    canvas = np.full((GRID_SIZE, GRID_SIZE), PAD_ID, dtype=np.uint8)
+    canvas[row_offset:row_offset + h, col_offset:col_offset + w] = grid + COLOUR_OFFSET
+    if row_offset + h < GRID_SIZE:
+        canvas[row_offset + h, col_offset:col_offset + w] = EOS_ID
+    if col_offset + w < GRID_SIZE:
+        canvas[row_offset:row_offset + h, col_offset + w] = EOS_ID
+    return canvas.reshape(-1)
+
+
+def crop_sizes(seqs: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Height and width of the largest top-left rectangle holding only colour tokens, for [B, 900] sequences."""
+    grids = np.asarray(seqs).reshape(-1, GRID_SIZE, GRID_SIZE)
+    is_colour = (grids >= COLOUR_OFFSET) & (grids < VOCAB_SIZE)
+    # Colour run from the left edge of each row, then the running minimum down the rows: the widest rectangle
+    # of height r+1 has width min(run[0..r]); pick the height with the largest area (first one on ties).
+    run = np.where(is_colour.all(-1), GRID_SIZE, np.argmin(is_colour, axis=-1))
+    width = np.minimum.accumulate(run, axis=-1)
+    area = width * np.arange(1, GRID_SIZE + 1)
+    best = np.argmax(area, axis=-1)
+    height = np.where(area.max(-1) > 0, best + 1, 0)
+    return height, width[np.arange(len(grids)), best] * (height > 0)
+
+
+def crop_grid(seq: np.ndarray) -> np.ndarray:
+    """Decode one predicted/encoded 900-token sequence back to a grid of colours 0-9 (top-left, no translation)."""
+    h, w = crop_sizes(seq[None])
+    return (np.asarray(seq).reshape(GRID_SIZE, GRID_SIZE)[:h[0], :w[0]] - COLOUR_OFFSET).astype(np.uint8)
+
+
+def grid_hash(grid: np.ndarray) -> str:
+    grid = np.ascontiguousarray(grid, dtype=np.uint8)
+    return hashlib.sha256(bytes(grid.shape) + grid.tobytes()).hexdigest()
+
+
+def augment_name(name: str, tid: int, colour_map: Sequence[int]) -> str:
+    return f"{name}{NAME_SEPARATOR}t{tid}{NAME_SEPARATOR}{''.join(str(int(c)) for c in colour_map)}"
+
+
+def parse_augment_name(name: str) -> Tuple[str, int, np.ndarray]:
+    """`name|||t<k>|||<map>` -> (original name, dihedral id, colour map); an unaugmented name maps to identity."""
+    if NAME_SEPARATOR not in name:
+        return name, 0, np.arange(10, dtype=np.uint8)
+    original, tid, colour_map = name.split(NAME_SEPARATOR)
+    return original, int(tid[1:]), np.array([int(c) for c in colour_map], dtype=np.uint8)
+
+
+def augment_grid(grid: np.ndarray, tid: int, colour_map: np.ndarray) -> np.ndarray:
+    return dihedral_transform(colour_map[grid], tid)
+
+
+def inverse_augment_grid(grid: np.ndarray, tid: int, colour_map: np.ndarray) -> np.ndarray:
+    return np.argsort(colour_map).astype(np.uint8)[inverse_dihedral_transform(grid, tid)]
+
+
+# ---------------------------------------------------------------- reading the Kaggle JSON files
+
+def load_subset(prefix: str, subset: str) -> Tuple[Dict[str, dict], Dict[str, List[Tuple[np.ndarray, np.ndarray]]], Dict[str, List[Tuple[np.ndarray, np.ndarray]]]]:
+    """Return (raw puzzles with test outputs filled in, train pairs, test pairs) for one subset, validating every grid."""
+    path = f"{prefix}_{subset}_challenges.json"
+    if not os.path.isfile(path):
+        raise ARCInputError(f"{path}: file not found; check --input-file-prefix and --subsets (expects <prefix>_<subset>_challenges.json)")
+    try:
+        with open(path) as f:
+            puzzles = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ARCInputError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(puzzles, dict):
+        raise ARCInputError(f"{path}: expected an object mapping puzzle ids to puzzles")
+
+    solutions_path = f"{prefix}_{subset}_solutions.json"
+    solutions = None
+    if os.path.isfile(solutions_path):
+        with open(solutions_path) as f:
+            solutions = json.load(f)
+    else:
+        print(f"note: {solutions_path} not found; test outputs are filled with a dummy [[0]] (no test accuracy possible)")
+
+    train_pairs, test_pairs = {}, {}
+    for name, puzzle in puzzles.items():
+        if NAME_SEPARATOR in name:
+            raise ARCInputError(f"{path}: puzzle {name}: the id contains '{NAME_SEPARATOR}', which is reserved for augmentation names")
+        if not isinstance(puzzle, dict) or not isinstance(puzzle.get("train"), list) or not isinstance(puzzle.get("test"), list):
+            raise ARCInputError(f"{path}: puzzle {name}: expected {{\"train\": [...], \"test\": [...]}}")
+        if solutions is not None:
+            sols = solutions.get(name)
+            if not isinstance(sols, list) or len(sols) != len(puzzle["test"]):
+                raise ARCInputError(f"{solutions_path}: puzzle {name}: expected {len(puzzle['test'])} solution grids, found "
+                                    f"{'none' if sols is None else len(sols) if isinstance(sols, list) else 'a non-list'}")
+            for example, sol in zip(puzzle["test"], sols):
+                example["output"] = sol
+        else:
+            for example in puzzle["test"]:
+                example.setdefault("output", [[0]])
+
+        for kind, dest in (("train", train_pairs), ("test", test_pairs)):
+            pairs = []
+            for i, example in enumerate(puzzle[kind]):
+                where = f"{path}: puzzle {name} {kind} example {i}"
+                if not isinstance(example, dict) or "input" not in example or "output" not in example:
+                    raise ARCInputError(f"{where}: expected {{\"input\": grid, \"output\": grid}}")
+                pairs.append((to_grid(example["input"], where + " input"), to_grid(example["output"], where + " output")))
+            dest[name] = pairs
+        if not train_pairs[name]:
+            raise ARCInputError(f"{path}: puzzle {name}: has no train examples")
+    return puzzles, train_pairs, test_pairs
+
+
+# ---------------------------------------------------------------- vectorised augmentation and encoding
+
+class FlatPuzzle:
+    """All grids of one puzzle (in0, out0, in1, out1, ...) flattened into one vector, with for every dihedral
+    transform the gather index into that vector and each cell's (row, col) in the transformed grid."""
+
+    def __init__(self, grids: List[np.ndarray]):
+        sizes = np.array([g.size for g in grids])
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        self.num_grids = len(grids)
+        self.flat = np.concatenate([g.reshape(-1) for g in grids])
+        self.grid_of_cell = np.repeat(np.arange(len(grids)), sizes)
+        self.grid_of_eos = np.repeat(np.arange(len(grids)), [sum(g.shape) for g in grids])
+        self.shapes = np.empty((8, len(grids), 2), dtype=np.int64)
+        self.gather, self.row, self.col = (np.empty((8, self.flat.size), dtype=np.int64) for _ in range(3))
+        self.eos_row, self.eos_col = (np.empty((8, self.grid_of_eos.size), dtype=np.int64) for _ in range(2))
+        eos_offsets = np.concatenate([[0], np.cumsum([sum(g.shape) for g in grids])])
+        for tid in range(8):
+            for j, g in enumerate(grids):
+                index = dihedral_transform(np.arange(g.size).reshape(g.shape), tid)
+                h, w = index.shape
+                cells, eos = slice(offsets[j], offsets[j + 1]), slice(eos_offsets[j], eos_offsets[j + 1])
+                self.shapes[tid, j] = (h, w)
+                self.gather[tid, cells] = index.reshape(-1) + offsets[j]
+                self.row[tid, cells] = np.repeat(np.arange(h), w)
+                self.col[tid, cells] = np.tile(np.arange(w), h)
+                # end markers: the row below (w cells), then the column to the right (h cells)
+                self.eos_row[tid, eos] = np.concatenate([np.full(w, h), np.arange(h)])
+                self.eos_col[tid, eos] = np.concatenate([np.arange(w), np.full(h, w)])
+        self.shape_keys = [self.shapes[tid].tobytes() for tid in range(8)]
+
+    def augmented_colours(self, tids: np.ndarray, colour_maps: np.ndarray) -> np.ndarray:
+        """[A, cells]: the colours of every augmented puzzle, cells in the transformed grids' row-major order."""
+        return np.take_along_axis(colour_maps, self.flat[self.gather[tids]], axis=1)
+
+
+def random_colour_maps(rng: np.random.Generator, count: int) -> np.ndarray:
+    """[count, 10] maps fixing colour 0 (background) and permuting 1-9."""
+    perms = np.argsort(rng.random((count, 9)), axis=1) + 1
+    return np.concatenate([np.zeros((count, 1), dtype=np.int64), perms], axis=1).astype(np.uint8)
+
+
+def select_augmentations(puzzle: FlatPuzzle, num_aug: int, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """Draw candidate augmentations and keep the first `num_aug` whose content differs from the original and from
+    each other (puzzle symmetries and unused colours make many draws duplicates). Row 0 is the original."""
+    identity = np.arange(10, dtype=np.uint8)
+    tids, maps = [0], [identity]
+    seen = {puzzle.shape_keys[0] + puzzle.flat.tobytes()}
+    budget = AUGMENT_TRIES_FACTOR * num_aug
+    while budget > 0 and len(tids) <= num_aug:
+        count = min(budget, max(64, 2 * (num_aug + 1 - len(tids))))
+        budget -= count
+        cand_tids = rng.integers(0, 8, size=count)
+        cand_maps = random_colour_maps(rng, count)
+        colours = puzzle.augmented_colours(cand_tids, cand_maps)
+        for i in range(count):
+            key = puzzle.shape_keys[cand_tids[i]] + colours[i].tobytes()
+            if key not in seen:
+                seen.add(key)
+                tids.append(int(cand_tids[i]))
+                maps.append(cand_maps[i])
+                if len(tids) > num_aug:
+                    break
+    return np.array(tids, dtype=np.int64), np.stack(maps)
+
+
+def encode_examples(puzzle: FlatPuzzle, colours: np.ndarray, tids: np.ndarray, example_ids: np.ndarray,
+                    translate: bool, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """Encode the chosen examples of every augmented puzzle onto 30x30 canvases.
+    Returns inputs and labels [A * len(example_ids), 900], puzzle-major. With `translate`, each (input, output)
+    pair moves by one random offset that keeps both on the canvas, except one unmoved example per puzzle."""
+    num_variants, num_examples = len(tids), len(example_ids)
+    local_example = np.full(puzzle.num_grids, -1)
+    local_example[2 * example_ids] = local_example[2 * example_ids + 1] = np.arange(num_examples)
+
+    row_offset = np.zeros((num_variants, num_examples), dtype=np.int64)
+    col_offset = np.zeros((num_variants, num_examples), dtype=np.int64)
+    if translate:
+        shapes = puzzle.shapes[tids]  # [A, grids, 2]
+        max_h = np.maximum(shapes[:, 2 * example_ids, 0], shapes[:, 2 * example_ids + 1, 0])
+        max_w = np.maximum(shapes[:, 2 * example_ids, 1], shapes[:, 2 * example_ids + 1, 1])
+        row_offset = rng.integers(0, GRID_SIZE - max_h + 1)
+        col_offset = rng.integers(0, GRID_SIZE - max_w + 1)
+        unmoved = rng.integers(0, num_examples, size=num_variants)
+        row_offset[np.arange(num_variants), unmoved] = 0
+        col_offset[np.arange(num_variants), unmoved] = 0
+
+    canvas = np.full(num_variants * num_examples * 2 * SEQ_LEN, PAD_ID, dtype=np.uint8)
+    variant = np.arange(num_variants)[:, None]
+
+    def targets(grid_of, rows, cols):
+        keep = local_example[grid_of] >= 0
+        ex, slot = local_example[grid_of[keep]], grid_of[keep] % 2
+        r = rows[tids][:, keep] + row_offset[:, ex]
+        c = cols[tids][:, keep] + col_offset[:, ex]
+        return keep, ((variant * num_examples + ex) * 2 + slot) * SEQ_LEN + r * GRID_SIZE + c, r, c
+
+    keep, index, _, _ = targets(puzzle.grid_of_cell, puzzle.row, puzzle.col)
+    canvas[index] = colours[:, keep] + COLOUR_OFFSET
+    _, index, r, c = targets(puzzle.grid_of_eos, puzzle.eos_row, puzzle.eos_col)
+    on_canvas = (r < GRID_SIZE) & (c < GRID_SIZE)
+    canvas[index[on_canvas]] = EOS_ID
+
+    canvas = canvas.reshape(num_variants * num_examples, 2, SEQ_LEN)
+    return canvas[:, 0], canvas[:, 1]
+
+
+# ---------------------------------------------------------------- streaming .npy writer
+
+class NpyRowWriter:
+    """Append uint8 rows to an .npy file; the header (with the final row count) is written on close."""
+
+    def __init__(self, path: Path, row_len: int):
+        self.path, self.row_len, self.rows = path, row_len, 0
+        self.file = open(path, "wb")
+        self.file.write(b"\0" * NPY_HEADER_BYTES)
+
+    def append(self, rows: np.ndarray):
+        self.file.write(np.ascontiguousarray(rows, dtype=np.uint8).tobytes())
+        self.rows += len(rows)
+
+    def close(self):
+        header = repr({"descr": "|u1", "fortran_order": False, "shape": (self.rows, self.row_len)}).encode("latin1")
+        pad = NPY_HEADER_BYTES - 10 - len(header) - 1
+        assert pad >= 0, "npy header does not fit its reserved space"
+        self.file.seek(0)
+        self.file.write(b"\x93NUMPY\x01\x00" + (NPY_HEADER_BYTES - 10).to_bytes(2, "little") + header + b" " * pad + b"\n")
+        self.file.close()
+
+
+class SplitWriter:
+    """One split, one set ("all"): streams inputs/labels, keeps the small index arrays in memory."""
+
+    def __init__(self, split_dir: Path, set_name: str = "all"):
+        split_dir.mkdir(parents=True, exist_ok=True)
+        self.split_dir, self.set_name = split_dir, set_name
+        self.inputs = NpyRowWriter(split_dir / f"{set_name}__inputs.npy", SEQ_LEN)
+        self.labels = NpyRowWriter(split_dir / f"{set_name}__labels.npy", SEQ_LEN)
+        self.puzzle_identifiers: List[np.ndarray] = []
+        self.puzzle_sizes: List[np.ndarray] = []
+        self.group_sizes: List[int] = []
+
+    def add_group(self, inputs: np.ndarray, labels: np.ndarray, identifiers: np.ndarray, examples_per_puzzle: int):
+        self.inputs.append(inputs)
+        self.labels.append(labels)
+        self.puzzle_identifiers.append(identifiers)
+        self.puzzle_sizes.append(np.full(len(identifiers), examples_per_puzzle))
+        self.group_sizes.append(len(identifiers))
+
+    def close(self, num_identifiers: int):
+        self.inputs.close()
+        self.labels.close()
+        sizes = np.concatenate(self.puzzle_sizes) if self.puzzle_sizes else np.zeros(0, dtype=np.int64)
+        fields = {
+            "puzzle_identifiers": np.concatenate(self.puzzle_identifiers).astype(np.int32) if self.puzzle_identifiers else np.zeros(0, np.int32),
+            "puzzle_indices": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32),
+            "group_indices": np.concatenate([[0], np.cumsum(self.group_sizes)]).astype(np.int32),
+        }
+        for field, value in fields.items():
+            np.save(self.split_dir / f"{self.set_name}__{field}.npy", value)
+        total_puzzles = len(sizes)
+        metadata = PuzzleDatasetMetadata(
+            pad_id=PAD_ID, ignore_label_id=PAD_ID, blank_identifier_id=0, vocab_size=VOCAB_SIZE, seq_len=SEQ_LEN,
+            num_puzzle_identifiers=num_identifiers, total_groups=len(self.group_sizes),
+            mean_puzzle_examples=float(sizes.sum() / max(total_puzzles, 1)), total_puzzles=total_puzzles,
+            sets=[self.set_name])
+        (self.split_dir / "dataset.json").write_text(metadata.model_dump_json(indent=2))
+        return metadata, int(sizes.sum())
+
+
+# ---------------------------------------------------------------- the build
+
+def build(input_file_prefix: str, output_dir: str, subsets: List[str], test_set_name: str,
+          test_set_name2: str = "your_test_set", seed: int = 42, num_aug: int = 1000,
+          puzzle_identifiers_start: int = 1, progress: bool = True) -> Dict[str, PuzzleDatasetMetadata]:
+    from tqdm import tqdm
+
+    if num_aug < 0:
+        raise ARCInputError(f"--num-aug {num_aug}: must be >= 0")
+    if puzzle_identifiers_start < 1:
+        raise ARCInputError(f"--puzzle-identifiers-start {puzzle_identifiers_start}: must be >= 1 (id 0 is the blank puzzle)")
+    if not subsets:
+        raise ARCInputError("--subsets is empty: name at least one subset, e.g. --subsets training evaluation concept")
+    test_sets = {test_set_name, test_set_name2}
+    if not test_sets & set(subsets):
+        raise ARCInputError(f"--test-set-name {test_set_name} is not among --subsets {' '.join(subsets)}; the test split would be empty")
+
+    # Read and validate everything before any heavy work or any write.
+    loaded = [(subset, *load_subset(input_file_prefix, subset)) for subset in subsets]
+
+    rng = np.random.default_rng(seed)
+    identifiers: Dict[str, int] = {}
+    test_puzzles: Dict[str, dict] = {}
+    short = []  # (name, augmentations found) for puzzles with fewer distinct augmentations than asked
+    total = sum(len(raw) for _, raw, _, _ in loaded)
+    with AtomicOutputDir(output_dir) as tmp:
+        writers = {"train": SplitWriter(tmp / "train"), "test": SplitWriter(tmp / "test")}
+        with tqdm(total=total, desc="ARC puzzles", unit="puzzle", disable=not progress) as bar:
+            for subset, raw, train_pairs, test_pairs in loaded:
+                is_test_set = subset in test_sets
+                for name in raw:
+                    pairs = train_pairs[name] + test_pairs[name]
+                    dest = np.array(["train"] * len(train_pairs[name]) + ["test" if is_test_set else "train"] * len(test_pairs[name]))
+                    puzzle = FlatPuzzle([g for pair in pairs for g in pair])
+                    tids, maps = select_augmentations(puzzle, num_aug, rng)
+                    if len(tids) < num_aug + 1:
+                        short.append((name, len(tids) - 1))
+                    colours = puzzle.augmented_colours(tids, maps)
+                    names = [name] + [augment_name(name, t, m) for t, m in zip(tids[1:], maps[1:])]
+                    ids = np.array([identifiers.setdefault(n, puzzle_identifiers_start + len(identifiers)) for n in names])
+                    if is_test_set:
+                        test_puzzles[name] = raw[name]
+                    for split, writer in writers.items():
+                        example_ids = np.flatnonzero(dest == split)
+                        if example_ids.size:
+                            inputs, labels = encode_examples(puzzle, colours, tids, example_ids, split == "train", rng)
+                            writer.add_group(inputs, labels, ids, example_ids.size)
+                    bar.update(1)
+
+        num_identifiers = puzzle_identifiers_start + len(identifiers)
+        metadata = {}
+        for split, writer in writers.items():
+            metadata[split], examples = writer.close(num_identifiers)
+            print(f"{split}: {metadata[split].total_groups} groups, {metadata[split].total_puzzles} puzzles, {examples} examples")
+        names = ["<blank>"] * num_identifiers
+        for n, i in identifiers.items():
+            names[i] = n
+        (tmp / "identifiers.json").write_text(json.dumps(names))
+        (tmp / "test_puzzles.json").write_text(json.dumps(test_puzzles))
+
+    print(f"puzzle identifiers (including <blank>): {num_identifiers}")
+    if short:
+        fewest = min(short, key=lambda s: s[1])
+        print(f"{len(short)} puzzles have fewer than {num_aug} distinct augmentations (fewest: {fewest[0]} with {fewest[1]})")
+    return metadata
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input-file-prefix", required=True, help="e.g. ../shared/data/arc-agi/arc-agi (reads <prefix>_<subset>_challenges.json)")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--subsets", nargs="+", default=["training", "evaluation", "concept"])
+    parser.add_argument("--test-set-name", default="evaluation", help="subset whose test examples form the test split")
+    parser.add_argument("--test-set-name2", default="your_test_set", help="a second such subset")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--num-aug", type=int, default=1000)
+    parser.add_argument("--puzzle-identifiers-start", type=int, default=1, help="first puzzle id (> 1 to train with other datasets)")
+    args = parser.parse_args(argv)
+    try:
+        build(args.input_file_prefix, args.output_dir, args.subsets, args.test_set_name, args.test_set_name2,
+              args.seed, args.num_aug, args.puzzle_identifiers_start)
+    except ARCInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
