@@ -2,14 +2,32 @@
 import json
 import os
 import shutil
+import sys
 import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import pydantic
 
 SET_FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
+SPLITS = ("train", "test")
+MAX_GRID_SIDE = 30
+HF_DATASET_URL = "https://huggingface.co/datasets/{repo}/resolve/main/{filename}"
+
+
+class DatasetError(Exception):
+    """Bad input or a malformed dataset: reported as one line, exit code 2, no traceback."""
+
+
+def run_cli(main: Callable[[], None]) -> None:
+    try:
+        main()
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 class PuzzleDatasetMetadata(pydantic.BaseModel):
@@ -101,3 +119,58 @@ class AtomicOutputDir:
         else:
             os.replace(self.tmp, self.output_dir)
         return False
+
+
+def single_example_layout(num_groups: int, puzzles_per_group: int) -> Dict[str, np.ndarray]:
+    """Indices of the Sudoku/Maze layout: one group per original puzzle, each augment its own
+    puzzle with one example, all under the blank identifier 0."""
+    num_puzzles = num_groups * puzzles_per_group
+    return {"puzzle_identifiers": np.zeros(num_puzzles, dtype=np.int32),
+            "puzzle_indices": np.arange(num_puzzles + 1, dtype=np.int32),
+            "group_indices": np.arange(0, num_puzzles + 1, puzzles_per_group, dtype=np.int32)}
+
+
+def single_set_metadata(seq_len: int, vocab_size: int, num_groups: int, puzzles_per_group: int) -> PuzzleDatasetMetadata:
+    return PuzzleDatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=vocab_size,
+                                 seq_len=seq_len, num_puzzle_identifiers=1, total_groups=num_groups,
+                                 mean_puzzle_examples=1.0, total_puzzles=num_groups * puzzles_per_group, sets=["all"])
+
+
+def write_identifiers(output_dir: Path, names: Sequence[str] = ("<blank>",)) -> None:
+    (Path(output_dir) / "identifiers.json").write_text(json.dumps(list(names)))
+
+
+def locate_split_csvs(source_dir) -> Dict[str, Path]:
+    """`train.csv` and `test.csv` of a local copy of a published dataset."""
+    source_dir = Path(source_dir)
+    if not source_dir.is_dir():
+        raise DatasetError(f"--source-dir {source_dir} is not a directory; point it at the folder holding train.csv and test.csv")
+    paths = {split: source_dir / f"{split}.csv" for split in SPLITS}
+    for split, path in paths.items():
+        if not path.is_file():
+            raise DatasetError(f"missing split: {path} not found; --source-dir needs both train.csv and test.csv")
+    return paths
+
+
+def download_split_csvs(repo: str, cache_dir: Optional[Path] = None, timeout: float = 15.0) -> Dict[str, Path]:
+    """Fetch `train.csv` and `test.csv` of a Hugging Face dataset repo with plain urllib (cached)."""
+    cache_dir = Path(cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trm-datasets") / repo
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split in SPLITS:
+        path = cache_dir / f"{split}.csv"
+        if not path.is_file():
+            url = HF_DATASET_URL.format(repo=repo, filename=f"{split}.csv")
+            tmp = path.with_suffix(".part")
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
+                    shutil.copyfileobj(response, f, length=1 << 20)
+            except (urllib.error.URLError, OSError) as e:
+                tmp.unlink(missing_ok=True)
+                reason = getattr(e, "reason", e)
+                raise DatasetError(f"cannot download {url} ({reason}); without network use --source-dir DIR "
+                                   f"(a local copy of train.csv/test.csv) or --generate N_TRAIN --generate-test N_TEST") from None
+            os.replace(tmp, path)
+        paths[split] = path
+    return paths
+
