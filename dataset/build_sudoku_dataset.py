@@ -13,7 +13,6 @@ transposition with p = 0.5 when boxes are square), each its own puzzle with one 
     python dataset/build_sudoku_dataset.py --generate 1000 --generate-test 200 --size 6 --num-aug 100 --output-dir data/sudoku6-quick
 """
 import argparse
-import csv
 import multiprocessing
 import os
 import sys
@@ -28,12 +27,12 @@ import numpy as np
 from tqdm import tqdm
 
 from dataset.checkers import valid_sudoku_solutions
-from dataset.common import (AtomicOutputDir, DatasetError, download_split_csvs, locate_split_csvs, run_cli,
-                            single_example_layout, single_set_metadata, write_identifiers)
+from dataset.common import (SOURCE_CSV_COLUMNS, AtomicOutputDir, DatasetError, download_split_csvs, iter_source_csv,
+                            locate_split_csvs, parse_rating, run_cli, single_example_layout, single_set_metadata,
+                            write_identifiers)
 from dataset.generators import sudoku as generator
 
 DEFAULT_REPO = "sapientinc/sudoku-extreme"
-CSV_COLUMNS = ["source", "question", "answer", "rating"]
 SIZE_OF_CELLS = {n * n: n for n in generator.BOX_SHAPES}
 
 
@@ -57,30 +56,21 @@ def read_sudoku_csv(path: Path, min_difficulty: Optional[int]) -> Tuple[SudokuSp
     ratings: List[int] = []
     lines: List[int] = []
     cells = None
-    with open(path, newline="") as f:
-        for line, row in enumerate(csv.reader(f), start=1):
-            if line == 1 and row == CSV_COLUMNS:
-                continue
-            if len(row) != 4:
-                raise DatasetError(f"{path} row {line}: expected 4 columns {','.join(CSV_COLUMNS)}, got {len(row)}")
-            _, q, a, r = row
-            if cells is None:
-                if len(q) not in SIZE_OF_CELLS:
-                    raise DatasetError(f"{path} row {line}: question has {len(q)} cells; expected one of {sorted(SIZE_OF_CELLS)} (4x4, 6x6, 9x9)")
-                cells = len(q)
-            if len(q) != cells or len(a) != cells:
-                raise DatasetError(f"{path} row {line}: question/answer have {len(q)}/{len(a)} cells, expected {cells}")
-            try:
-                rating = int(r)
-            except ValueError:
-                raise DatasetError(f"{path} row {line}: rating {r!r} is not an integer") from None
-            if min_difficulty is None or rating >= min_difficulty:
-                questions.append(q)
-                answers.append(a)
-                ratings.append(rating)
-                lines.append(line)
+    for line, q, a, r in iter_source_csv(path):
+        if cells is None:
+            if len(q) not in SIZE_OF_CELLS:
+                raise DatasetError(f"{path} row {line}: question has {len(q)} cells; expected one of {sorted(SIZE_OF_CELLS)} (4x4, 6x6, 9x9)")
+            cells = len(q)
+        if len(q) != cells or len(a) != cells:
+            raise DatasetError(f"{path} row {line}: question/answer have {len(q)}/{len(a)} cells, expected {cells}")
+        rating = parse_rating(path, line, r)
+        if min_difficulty is None or rating >= min_difficulty:
+            questions.append(q)
+            answers.append(a)
+            ratings.append(rating)
+            lines.append(line)
     if cells is None:
-        raise DatasetError(f"{path} holds no puzzles; expected a header {','.join(CSV_COLUMNS)} and one row per puzzle")
+        raise DatasetError(f"{path} holds no puzzles; expected a header {','.join(SOURCE_CSV_COLUMNS)} and one row per puzzle")
     size = SIZE_OF_CELLS[cells]
     if not questions:
         return SudokuSplit(np.zeros((0, cells), np.uint8), np.zeros((0, cells), np.uint8), np.zeros(0, np.int64)), size

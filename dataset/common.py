@@ -1,4 +1,5 @@
 """The on-disk puzzle dataset format (SPEC §7): metadata, dihedral transforms, writer and reader."""
+import csv
 import json
 import os
 import shutil
@@ -62,6 +63,21 @@ def dihedral_transform(grid: np.ndarray, tid: int) -> np.ndarray:
 
 
 DIHEDRAL_INVERSE = [0, 3, 2, 1, 4, 5, 6, 7]
+
+
+def dihedral_transform_batch(grids: np.ndarray, tid: int) -> np.ndarray:
+    """`dihedral_transform` applied to the last two axes of a stack of grids."""
+    if tid in (1, 2, 3):
+        return np.rot90(grids, k=tid, axes=(-2, -1))
+    if tid == 4:
+        return np.flip(grids, axis=-1)
+    if tid == 5:
+        return np.flip(grids, axis=-2)
+    if tid == 6:
+        return np.swapaxes(grids, -2, -1)
+    if tid == 7:
+        return np.flip(np.rot90(grids, k=1, axes=(-2, -1)), axis=-1)
+    return dihedral_transform(grids, tid)  # identity, or the out-of-range error
 
 
 def inverse_dihedral_transform(grid: np.ndarray, tid: int) -> np.ndarray:
@@ -138,6 +154,27 @@ def single_set_metadata(seq_len: int, vocab_size: int, num_groups: int, puzzles_
 
 def write_identifiers(output_dir: Path, names: Sequence[str] = ("<blank>",)) -> None:
     (Path(output_dir) / "identifiers.json").write_text(json.dumps(list(names)))
+
+
+SOURCE_CSV_COLUMNS = ["source", "question", "answer", "rating"]
+
+
+def iter_source_csv(path: Path):
+    """(line number, question, answer, rating) of a published source CSV; the header row is optional."""
+    with open(path, newline="") as f:
+        for line, row in enumerate(csv.reader(f), start=1):
+            if line == 1 and row == SOURCE_CSV_COLUMNS:
+                continue
+            if len(row) != 4:
+                raise DatasetError(f"{path} row {line}: expected 4 columns {','.join(SOURCE_CSV_COLUMNS)}, got {len(row)}")
+            yield line, row[1], row[2], row[3]
+
+
+def parse_rating(path: Path, line: int, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise DatasetError(f"{path} row {line}: rating {text!r} is not an integer") from None
 
 
 def locate_split_csvs(source_dir) -> Dict[str, Path]:
