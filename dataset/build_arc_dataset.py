@@ -23,7 +23,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as `python dataset/build_arc_dataset.py`: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dataset.common import AtomicOutputDir, PuzzleDatasetMetadata, dihedral_transform, inverse_dihedral_transform
+from dataset.common import AtomicOutputDir, DatasetError, PuzzleDatasetMetadata, dihedral_transform, inverse_dihedral_transform
 
 GRID_SIZE = 30
 PAD_ID, EOS_ID, COLOUR_OFFSET = 0, 1, 2
@@ -34,7 +34,7 @@ AUGMENT_TRIES_FACTOR = 5  # candidates drawn per wanted augmentation before givi
 NPY_HEADER_BYTES = 128    # fixed, so the row count can be written after streaming the rows
 
 
-class ARCInputError(ValueError):
+class ARCInputError(DatasetError, ValueError):
     """Bad input data: the message is one line naming the file and puzzle."""
 
 
