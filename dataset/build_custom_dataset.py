@@ -1,0 +1,236 @@
+"""Template: turn your own (input, output) pairs into a dataset the trainer can load (SPEC §7).
+
+Give one file per split, JSON or CSV:
+
+  JSON  a list of pairs  [{"input": X, "output": Y}, ...]   (or {"pairs": [...]})
+        X and Y are a string ("12+3"), a list of strings (grid rows, one character per cell),
+        a list of integers (a sequence) or a list of lists of integers (a grid).
+  CSV   a header with columns `input,output`; each cell is a string whose rows are split on
+        --row-sep (default "/"; "" keeps one row), or a JSON array when it starts with "[".
+
+Symbols: with characters, token = position in --charset + 1 (default: every character found, sorted);
+with integers, token = value + 1 and values must lie in [0, --num-values) (default: largest + 1).
+Token 0 is padding. Grids sit in the top-left corner of a canvas as large as the largest grid
+(or --canvas H W), at most 30x30; sequences are 1-row grids. Padding in the labels is ignored by the
+loss unless --predict-padding (then the model must also say where the output ends).
+--dihedral adds the 8 symmetries of the square to each training pair (only for tasks where they hold).
+Each pair is a group; each of its augments is a puzzle with one example (as in Sudoku and Maze).
+`vocab.json` records the symbol of every token so predictions can be decoded.
+
+    python dataset/build_custom_dataset.py --train my/train.json --test my/test.json --output-dir data/my-task
+    python dataset/build_custom_dataset.py --train t.csv --test v.csv --charset " 0123456789" --dihedral --output-dir data/x
+
+From Python (see dataset/build_arithmetic_dataset.py): `build_dataset({"train": pairs, "test": pairs}, out_dir)`,
+with pairs a list of `Pair(input, output, where)`.
+"""
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+from tqdm import tqdm
+
+from dataset.common import (MAX_GRID_SIDE, SPLITS, AtomicOutputDir, DatasetError, PuzzleDatasetMetadata, dihedral_transform_batch,
+                            run_cli, single_example_layout, write_identifiers)
+
+
+class Pair(NamedTuple):
+    input: object
+    output: object
+    where: str  # "file pair k" / "file row k", for error messages
+
+
+# ---------------------------------------------------------------- reading
+
+def _csv_cell(text: str, row_sep: str):
+    if text.startswith("["):
+        return json.loads(text)
+    return text.split(row_sep) if row_sep else text
+
+
+def read_pairs(path, row_sep: str = "/") -> List[Pair]:
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"missing split: {path} not found")
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{path}: not valid JSON ({e})") from None
+        items = data.get("pairs") if isinstance(data, dict) else data
+        if not isinstance(items, list):
+            raise DatasetError(f"{path}: expected a list of {{\"input\": ..., \"output\": ...}} objects")
+        pairs = []
+        for k, item in enumerate(items):
+            if not isinstance(item, dict) or "input" not in item or "output" not in item:
+                raise DatasetError(f"{path} pair {k}: expected an object with keys \"input\" and \"output\"")
+            pairs.append(Pair(item["input"], item["output"], f"{path} pair {k}"))
+        return pairs
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="") as f:
+            rows = csv.reader(f)
+            header = next(rows, None)
+            if header is None or "input" not in header or "output" not in header:
+                raise DatasetError(f"{path} row 1: expected a header with columns input,output, got {header}")
+            i, o = header.index("input"), header.index("output")
+            pairs = []
+            for line, row in enumerate(rows, start=2):
+                if len(row) != len(header):
+                    raise DatasetError(f"{path} row {line}: expected {len(header)} columns, got {len(row)}")
+                try:
+                    pairs.append(Pair(_csv_cell(row[i], row_sep), _csv_cell(row[o], row_sep), f"{path} row {line}"))
+                except json.JSONDecodeError as e:
+                    raise DatasetError(f"{path} row {line}: a cell starting with '[' must be a JSON array ({e})") from None
+            return pairs
+    raise DatasetError(f"{path}: unknown file type; use .json or .csv")
+
+
+# ---------------------------------------------------------------- symbols -> token grids
+
+def _rows(value, where: str) -> List[list]:
+    """Any accepted form -> list of rows of symbols (str characters or ints)."""
+    if isinstance(value, str):
+        return [list(value)]
+    if isinstance(value, list) and value and all(isinstance(r, str) for r in value):
+        return [list(r) for r in value]
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(r, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in r) for r in value):
+        return value
+    raise DatasetError(f"{where}: expected a string, a list of strings, a list of integers or a list of lists of integers")
+
+
+def symbols_of(pairs: Sequence[Pair]) -> Tuple[str, set]:
+    """('str' | 'int', the set of symbols seen)."""
+    kinds, seen = set(), set()
+    for p in pairs:
+        for field, value in (("input", p.input), ("output", p.output)):
+            for row in _rows(value, f"{p.where} {field}"):
+                seen.update(row)
+                kinds.update(type(v).__name__ for v in row)
+    if len(kinds) > 1:
+        raise DatasetError("pairs mix characters and integers; use one kind of symbol throughout")
+    return (kinds.pop() if kinds else "str"), seen
+
+
+def to_grid(value, where: str, lookup) -> np.ndarray:
+    rows = _rows(value, where)
+    if len({len(r) for r in rows}) != 1:
+        raise DatasetError(f"{where}: grid rows have different lengths {sorted({len(r) for r in rows})}")
+    if len(rows) > 1 and (len(rows) > MAX_GRID_SIDE or len(rows[0]) > MAX_GRID_SIDE):
+        raise DatasetError(f"{where}: grid is {len(rows)}x{len(rows[0])}; grids larger than {MAX_GRID_SIDE}x{MAX_GRID_SIDE} are not supported")
+    try:
+        return np.array([[lookup[v] for v in r] for r in rows], dtype=np.int64)
+    except KeyError as e:
+        raise DatasetError(f"{where}: symbol {e.args[0]!r} is outside the vocabulary ({lookup.describe})") from None
+
+
+class Lookup(dict):
+    describe = ""
+
+
+def make_lookup(kind: str, seen: set, charset: Optional[str], num_values: Optional[int]) -> Tuple[Lookup, List[str]]:
+    """symbol -> token (pad 0) and the symbol list by token."""
+    lookup = Lookup()
+    if kind == "str":
+        chars = charset if charset is not None else "".join(sorted(seen))
+        if len(set(chars)) != len(chars):
+            raise DatasetError(f"--charset {chars!r} repeats a character")
+        lookup.update({c: i + 1 for i, c in enumerate(chars)})
+        lookup.describe = f"--charset {chars!r}"
+        return lookup, ["<pad>"] + list(chars)
+    num_values = num_values if num_values is not None else max(seen) + 1
+    lookup.update({v: v + 1 for v in range(num_values)})
+    lookup.describe = f"values 0..{num_values - 1}, set by --num-values"
+    return lookup, ["<pad>"] + [str(v) for v in range(num_values)]
+
+
+# ---------------------------------------------------------------- building
+
+def build_dataset(splits: Dict[str, List[Pair]], output_dir, charset: Optional[str] = None, num_values: Optional[int] = None,
+                  dihedral: bool = False, predict_padding: bool = False, canvas: Optional[Tuple[int, int]] = None) -> Dict[str, PuzzleDatasetMetadata]:
+    """Check and encode every pair first, then write all splits atomically into `output_dir`."""
+    for split in SPLITS:
+        if not splits.get(split):
+            raise DatasetError(f"missing split: no {split} pairs given")
+    kind, seen = symbols_of([p for split in SPLITS for p in splits[split]])
+    lookup, symbols = make_lookup(kind, seen, charset, num_values)
+    encoded = {split: [(to_grid(p.input, f"{p.where} input", lookup), to_grid(p.output, f"{p.where} output", lookup))
+                       for p in tqdm(splits[split], desc=f"encode {split}")] for split in SPLITS}
+    grids = [g for split in SPLITS for pair in encoded[split] for g in pair]
+    if dihedral and any(len(g) == 1 for g in grids):
+        raise DatasetError("--dihedral needs 2-D grids, but some inputs/outputs are sequences (one row)")
+    height, width = canvas or (max(len(g) for g in grids), max(g.shape[1] for g in grids))
+    if dihedral:
+        height = width = max(height, width)  # transposes must fit the canvas
+    for split in SPLITS:
+        for p, (x, y) in zip(splits[split], encoded[split]):
+            for field, g in (("input", x), ("output", y)):
+                if len(g) > height or g.shape[1] > width:
+                    raise DatasetError(f"{p.where} {field}: {len(g)}x{g.shape[1]} does not fit the {height}x{width} canvas (--canvas)")
+    vocab_size = len(symbols)
+    dtype = np.uint8 if vocab_size <= 256 else np.int32
+    metadata = {}
+    with AtomicOutputDir(output_dir) as tmp:
+        for split in SPLITS:
+            tids = list(range(8)) if dihedral and split == "train" else [0]
+            pairs = encoded[split]
+            arrays = {field: np.zeros((len(pairs), len(tids), height, width), dtype=dtype) for field in ("inputs", "labels")}
+            for k, (x, y) in enumerate(pairs):
+                for field, g in (("inputs", x), ("labels", y)):
+                    for j, t in enumerate(tids):
+                        moved = dihedral_transform_batch(g, t)
+                        arrays[field][k, j, :moved.shape[0], :moved.shape[1]] = moved
+            split_dir = tmp / split
+            split_dir.mkdir()
+            for field, a in arrays.items():
+                np.save(split_dir / f"all__{field}.npy", a.reshape(len(pairs) * len(tids), height * width))
+            for field, a in single_example_layout(len(pairs), len(tids)).items():
+                np.save(split_dir / f"all__{field}.npy", a)
+            metadata[split] = PuzzleDatasetMetadata(
+                pad_id=0, ignore_label_id=None if predict_padding else 0, blank_identifier_id=0, vocab_size=vocab_size,
+                seq_len=height * width, num_puzzle_identifiers=1, total_groups=len(pairs), mean_puzzle_examples=1.0,
+                total_puzzles=len(pairs) * len(tids), sets=["all"])
+            (split_dir / "dataset.json").write_text(metadata[split].model_dump_json(indent=2))
+        write_identifiers(tmp)
+        (tmp / "vocab.json").write_text(json.dumps({"symbols": symbols, "grid": [height, width]}))
+    return metadata
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train", required=True, help="training pairs (.json or .csv)")
+    p.add_argument("--test", required=True, help="test pairs (.json or .csv)")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--charset", default=None, help="characters in token order (token = position + 1)")
+    p.add_argument("--num-values", type=int, default=None, help="integer symbols lie in [0, NUM_VALUES)")
+    p.add_argument("--row-sep", default="/", help="row separator inside CSV string cells ('' = one row)")
+    p.add_argument("--canvas", type=int, nargs=2, default=None, metavar=("H", "W"), help="fixed canvas instead of the largest grid")
+    p.add_argument("--dihedral", action="store_true", help="8 dihedral augments of every training pair")
+    p.add_argument("--predict-padding", action="store_true", help="train on padding cells of the labels too")
+    args = p.parse_args(argv)
+    if args.num_values is not None and args.num_values < 1:
+        raise DatasetError(f"--num-values must be >= 1, got {args.num_values}")
+    if args.canvas is not None and not all(1 <= s <= MAX_GRID_SIDE for s in args.canvas):
+        raise DatasetError(f"--canvas {args.canvas[0]} {args.canvas[1]}: sides must lie in 1..{MAX_GRID_SIDE}")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    splits = {"train": read_pairs(args.train, args.row_sep), "test": read_pairs(args.test, args.row_sep)}
+    metadata = build_dataset(splits, args.output_dir, args.charset, args.num_values, args.dihedral, args.predict_padding,
+                             tuple(args.canvas) if args.canvas else None)
+    for split, m in metadata.items():
+        print(f"{split}: {m.total_groups} pairs, {m.total_puzzles} puzzles, seq_len {m.seq_len}, vocab {m.vocab_size}")
+    print(f"wrote {args.output_dir}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
