@@ -33,15 +33,18 @@ def ensure_dataset(config: PretrainConfig) -> None:
 
 def create_dataloader(config: PretrainConfig, split: str, dist_info: DistInfo, epochs_per_iter: int = 1,
                       test_set_mode: bool = False, data_paths: Optional[List[str]] = None):
-    dataset = PuzzleDataset(PuzzleDatasetConfig(
-        seed=config.seed,
-        dataset_paths=data_paths or config.data_paths,
-        global_batch_size=config.global_batch_size,
-        test_set_mode=test_set_mode,
-        epochs_per_iter=epochs_per_iter,
-        rank=dist_info.rank,
-        num_replicas=dist_info.world_size,
-    ), split=split)
+    try:
+        dataset = PuzzleDataset(PuzzleDatasetConfig(
+            seed=config.seed,
+            dataset_paths=data_paths or config.data_paths,
+            global_batch_size=config.global_batch_size,
+            test_set_mode=test_set_mode,
+            epochs_per_iter=epochs_per_iter,
+            rank=dist_info.rank,
+            num_replicas=dist_info.world_size,
+        ), split=split)
+    except ValueError as e:  # datasets that disagree, a batch the ranks cannot split, ...
+        raise ConfigError(str(e)) from None
     return dataset, dataset.metadata
 
 
