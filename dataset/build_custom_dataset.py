@@ -106,6 +106,10 @@ def _rows(value, where: str) -> List[list]:
     raise DatasetError(f"{where}: expected a string, a list of strings, a list of integers or a list of lists of integers")
 
 
+def is_sequence(value) -> bool:
+    return isinstance(value, str) or (isinstance(value, list) and bool(value) and not isinstance(value[0], (list, str)))
+
+
 def symbols_of(pairs: Sequence[Pair]) -> Tuple[str, set]:
     """('str' | 'int', the set of symbols seen)."""
     kinds, seen = set(), set()
@@ -164,8 +168,9 @@ def build_dataset(splits: Dict[str, List[Pair]], output_dir, charset: Optional[s
     encoded = {split: [(to_grid(p.input, f"{p.where} input", lookup), to_grid(p.output, f"{p.where} output", lookup))
                        for p in tqdm(splits[split], desc=f"encode {split}")] for split in SPLITS}
     grids = [g for split in SPLITS for pair in encoded[split] for g in pair]
-    if dihedral and any(len(g) == 1 for g in grids):
-        raise DatasetError("--dihedral needs 2-D grids, but some inputs/outputs are sequences (one row)")
+    sequences = [f"{p.where}" for split in SPLITS for p in splits[split] if is_sequence(p.input) or is_sequence(p.output)]
+    if dihedral and sequences:
+        raise DatasetError(f"--dihedral needs 2-D grids, but {sequences[0]} is a sequence (a string or a flat list)")
     height, width = canvas or (max(len(g) for g in grids), max(g.shape[1] for g in grids))
     if dihedral:
         height = width = max(height, width)  # transposes must fit the canvas
