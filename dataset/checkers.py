@@ -19,7 +19,7 @@ def sudoku_box_shape(size: int) -> Tuple[int, int]:
 
 def _as_boards(grids, tokens: bool) -> np.ndarray:
     """[B, n*n] or [B, n, n] -> [B, n, n]."""
-    a = np.asarray(grids, dtype=np.int64)
+    a = np.asarray(grids, dtype=np.int16)
     if tokens:
         a = a - 1
     if a.ndim == 2:
