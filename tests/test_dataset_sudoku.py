@@ -204,3 +204,13 @@ def test_both_invocation_styles_and_one_line_errors(tmp_path, invocation):
                          cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "Traceback" not in bad.stderr and "nowhere" in bad.stderr
+
+
+def test_built_dataset_loads_in_the_training_sampler(tmp_path):
+    from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
+    out = build(tmp_path, "--generate", 10, "--generate-test", 3, "--size", 4, "--num-aug", 4)
+    cfg = PuzzleDatasetConfig(seed=0, dataset_paths=[str(out)], global_batch_size=8, test_set_mode=False,
+                              epochs_per_iter=1, rank=0, num_replicas=1)
+    _, batch, size = next(iter(PuzzleDataset(cfg, split="train")))
+    assert size == 8 and batch["inputs"].shape == (8, 16) and str(batch["inputs"].dtype) == "torch.int32"
+    assert valid_sudoku_solutions(batch["inputs"].numpy(), batch["labels"].numpy(), tokens=True).all()
