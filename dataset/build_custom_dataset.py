@@ -123,36 +123,33 @@ def symbols_of(pairs: Sequence[Pair]) -> Tuple[str, set]:
     return (kinds.pop() if kinds else "str"), seen
 
 
-def to_grid(value, where: str, lookup) -> np.ndarray:
+def to_grid(value, where: str, vocab: "Vocabulary") -> np.ndarray:
     rows = _rows(value, where)
     if len({len(r) for r in rows}) != 1:
         raise DatasetError(f"{where}: grid rows have different lengths {sorted({len(r) for r in rows})}")
     if len(rows) > 1 and (len(rows) > MAX_GRID_SIDE or len(rows[0]) > MAX_GRID_SIDE):
         raise DatasetError(f"{where}: grid is {len(rows)}x{len(rows[0])}; grids larger than {MAX_GRID_SIDE}x{MAX_GRID_SIDE} are not supported")
     try:
-        return np.array([[lookup[v] for v in r] for r in rows], dtype=np.int64)
+        return np.array([[vocab.token[v] for v in r] for r in rows], dtype=np.int64)
     except KeyError as e:
-        raise DatasetError(f"{where}: symbol {e.args[0]!r} is outside the vocabulary ({lookup.describe})") from None
+        raise DatasetError(f"{where}: symbol {e.args[0]!r} is outside the vocabulary ({vocab.description})") from None
 
 
-class Lookup(dict):
-    describe = ""
+class Vocabulary(NamedTuple):
+    token: Dict[object, int]  # symbol -> token, pad = 0
+    symbols: List[str]        # by token
+    description: str
 
 
-def make_lookup(kind: str, seen: set, charset: Optional[str], num_values: Optional[int]) -> Tuple[Lookup, List[str]]:
-    """symbol -> token (pad 0) and the symbol list by token."""
-    lookup = Lookup()
+def make_vocabulary(kind: str, seen: set, charset: Optional[str], num_values: Optional[int]) -> Vocabulary:
     if kind == "str":
         chars = charset if charset is not None else "".join(sorted(seen))
         if len(set(chars)) != len(chars):
             raise DatasetError(f"--charset {chars!r} repeats a character")
-        lookup.update({c: i + 1 for i, c in enumerate(chars)})
-        lookup.describe = f"--charset {chars!r}"
-        return lookup, ["<pad>"] + list(chars)
+        return Vocabulary({c: i + 1 for i, c in enumerate(chars)}, ["<pad>"] + list(chars), f"--charset {chars!r}")
     num_values = num_values if num_values is not None else max(seen) + 1
-    lookup.update({v: v + 1 for v in range(num_values)})
-    lookup.describe = f"values 0..{num_values - 1}, set by --num-values"
-    return lookup, ["<pad>"] + [str(v) for v in range(num_values)]
+    return Vocabulary({v: v + 1 for v in range(num_values)}, ["<pad>"] + [str(v) for v in range(num_values)],
+                      f"values 0..{num_values - 1}, set by --num-values")
 
 
 # ---------------------------------------------------------------- building
@@ -164,8 +161,9 @@ def build_dataset(splits: Dict[str, List[Pair]], output_dir, charset: Optional[s
         if not splits.get(split):
             raise DatasetError(f"missing split: no {split} pairs given")
     kind, seen = symbols_of([p for split in SPLITS for p in splits[split]])
-    lookup, symbols = make_lookup(kind, seen, charset, num_values)
-    encoded = {split: [(to_grid(p.input, f"{p.where} input", lookup), to_grid(p.output, f"{p.where} output", lookup))
+    vocab = make_vocabulary(kind, seen, charset, num_values)
+    symbols = vocab.symbols
+    encoded = {split: [(to_grid(p.input, f"{p.where} input", vocab), to_grid(p.output, f"{p.where} output", vocab))
                        for p in tqdm(splits[split], desc=f"encode {split}")] for split in SPLITS}
     grids = [g for split in SPLITS for pair in encoded[split] for g in pair]
     sequences = [f"{p.where}" for split in SPLITS for p in splits[split] if is_sequence(p.input) or is_sequence(p.output)]

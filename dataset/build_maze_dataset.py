@@ -2,9 +2,9 @@
 
 Sources, first one given wins: --source-dir (local train.csv/test.csv with columns
 source,question,answer,rating; question = the maze, answer = the maze with the shortest path marked 'o'),
---generate N_TRAIN --generate-test N_TEST (built-in generator, --size N), or --source-repo (the paper's
-Hugging Face repo, downloaded with urllib). With no source flag the repo is tried and, when the
-network is unreachable, the generator takes over (1000 + 1000 mazes, with a notice).
+--source-repo (the paper's Hugging Face repo, downloaded with urllib; fails when offline), or
+--generate N_TRAIN --generate-test N_TEST (built-in generator, --size N). With no source flag the default
+repo is tried and, when the network is unreachable, the generator takes over (1000 + 1000 mazes, with a notice).
 
 Tokens: "# SGo" -> 1..5, pad 0, vocab 6, seq_len size*size. Each training maze is one group; with --aug
 it holds the 8 dihedral transforms (reference order), each its own puzzle with one example.
@@ -135,12 +135,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_sources(args) -> Dict[str, Dict[str, object]]:
-    if args.source_dir is None and args.generate is None:
+    if args.source_dir is None and args.source_repo is not None:
+        args.source_dir = download_split_csvs(args.source_repo)["train"].parent  # asked for explicitly: fail if offline
+    elif args.source_dir is None and args.generate is None:
         try:
-            args.source_dir = download_split_csvs(args.source_repo or DEFAULT_REPO)["train"].parent
+            args.source_dir = download_split_csvs(DEFAULT_REPO)["train"].parent
         except DatasetError as e:
-            if args.source_repo is not None:
-                raise
             args.generate = 1000
             print(f"notice: {e}\nnotice: falling back to the built-in generator (--generate 1000 --generate-test "
                   f"{args.generate_test or 1000} --size {args.size}); this is NOT Maze-Hard", file=sys.stderr)

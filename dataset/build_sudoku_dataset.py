@@ -1,9 +1,9 @@
 """Build a Sudoku dataset in the reference on-disk format (SPEC §7).
 
 Sources, first one given wins: --source-dir (local train.csv/test.csv with columns
-source,question,answer,rating), --generate N_TRAIN --generate-test N_TEST (built-in generator), or
---source-repo (the paper's Hugging Face repo, downloaded with urllib). With no source flag the repo is
-tried and, when the network is unreachable, the generator takes over (with a notice).
+source,question,answer,rating), --source-repo (the paper's Hugging Face repo, downloaded with urllib;
+fails when offline), --generate N_TRAIN --generate-test N_TEST (built-in generator). With no source flag
+the default repo is tried and, when the network is unreachable, the generator takes over (with a notice).
 
 Tokens: digit + 1 (blank = 1), pad 0, vocab n + 2, seq_len n * n. Each training puzzle is one group holding
 the original plus --num-aug augments (digit permutation, band/row and stack/column permutations, and a
@@ -228,12 +228,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_sources(args) -> Tuple[Dict[str, SudokuSplit], int]:
-    if args.source_dir is None and args.generate is None:
+    if args.source_dir is None and args.source_repo is not None:
+        args.source_dir = download_split_csvs(args.source_repo)["train"].parent  # asked for explicitly: fail if offline
+    elif args.source_dir is None and args.generate is None:
         try:
-            args.source_dir = download_split_csvs(args.source_repo or DEFAULT_REPO)["train"].parent
+            args.source_dir = download_split_csvs(DEFAULT_REPO)["train"].parent
         except DatasetError as e:
-            if args.source_repo is not None:
-                raise
             args.generate = args.subsample_size or 1000
             print(f"notice: {e}\nnotice: falling back to the built-in generator (--generate {args.generate} "
                   f"--generate-test {args.generate_test or 1000} --size {args.size}); this is NOT Sudoku-Extreme", file=sys.stderr)
