@@ -7,7 +7,7 @@ cell with the fewest candidates and tries digits in increasing order (0 = no wro
 """
 import random
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 BOX_SHAPES = {4: (2, 2), 6: (2, 3), 9: (3, 3)}  # size -> (rows, cols) of a box
 
