@@ -121,6 +121,10 @@ class AtomicOutputDir:
     def __enter__(self) -> Path:
         self.output_dir.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.output_dir.name}.tmp-", dir=self.output_dir.parent))
+        # mkdtemp makes the directory owner-only; a finished dataset gets the usual umask permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        self.tmp.chmod(0o777 & ~umask)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
