@@ -1,0 +1,52 @@
+"""Shared machinery of the evaluators that judge each test row on its own (Sudoku, Maze): count exact matches
+and rule-valid answers over rows that have labels, sum the counts over ranks, report rates with Wilson intervals."""
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from evaluators.stats import accuracy_with_interval
+
+IGNORE_LABEL_ID = -100  # what the loader turns the dataset's ignore_label_id into
+
+
+class RowCheckEvaluator:
+    """Subclasses set `name` (the metric prefix) and implement `valid_rows(inputs, preds) -> bool [B]`."""
+    name = ""
+    required_outputs = {"inputs", "labels", "preds"}
+
+    def begin_eval(self):
+        self.count = self.exact = self.valid = 0
+
+    def valid_rows(self, inputs: np.ndarray, preds: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def update_batch(self, batch: Dict[str, torch.Tensor], preds: Dict[str, torch.Tensor]):
+        merged = {k: v for collection in (batch, preds) for k, v in collection.items() if k in self.required_outputs}
+        missing = self.required_outputs - merged.keys()
+        if missing:
+            raise KeyError(f"{self.name} evaluator needs outputs {sorted(missing)}; request them in return_keys")
+        labels = merged["labels"].cpu().numpy()
+        labelled = labels != IGNORE_LABEL_ID
+        keep = labelled.any(-1)  # padding rows of the last test batch carry no labels
+        inputs, predictions = merged["inputs"].cpu().numpy()[keep], merged["preds"].cpu().numpy()[keep]
+        self.count += int(keep.sum())
+        self.exact += int(((predictions == labels[keep]) | ~labelled[keep]).all(-1).sum())
+        if keep.any():
+            self.valid += int(self.valid_rows(inputs, predictions).sum())
+
+    def result(self, save_path: Optional[str], rank: int, world_size: int, group=None) -> Optional[Dict[str, float]]:
+        counts = (self.count, self.exact, self.valid)
+        if world_size > 1:
+            gathered = [None] * world_size if rank == 0 else None
+            # gather_object rather than all_reduce on a CPU tensor: it also works when the group is NCCL-only.
+            dist.gather_object(counts, gathered, dst=0, group=group)
+        else:
+            gathered = [counts]
+        if rank != 0:
+            return None
+        count, exact, valid = (sum(column) for column in zip(*gathered))
+        return {**accuracy_with_interval(f"{self.name}/exact_accuracy", exact, count),
+                **accuracy_with_interval(f"{self.name}/valid_accuracy", valid, count),
+                f"{self.name}/count": float(count)}
