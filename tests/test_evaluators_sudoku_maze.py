@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +13,7 @@ from dataset.common import single_set_metadata
 from evaluators.maze import Maze
 from evaluators.stats import add_wilson_intervals, wilson_interval
 from evaluators.sudoku import Sudoku
+from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
 
 # ---- Wilson interval, hand-computed to 5 decimals: centre = (p + z²/2n) / (1 + z²/n), half = z / (1 + z²/n) * sqrt(p(1-p)/n + z²/4n²)
 
@@ -215,3 +220,27 @@ def test_maze_exact_and_valid_shortest_path():
 def test_maze_bad_dataset():
     with pytest.raises(ValueError, match="use maze@Maze only with Maze datasets"):
         Maze("unused", single_set_metadata(81, 11, 1, 1))
+
+
+# ---- On real built datasets through the test loader (padding rows included)
+
+@pytest.mark.parametrize("kind, evaluator_class, args", [
+    ("sudoku", Sudoku, ["--generate", "12", "--generate-test", "10", "--size", "4", "--num-aug", "0"]),
+    ("maze", Maze, ["--generate", "4", "--generate-test", "10", "--size", "9"]),
+])
+def test_on_built_dataset_with_loader_batches(tmp_path, kind, evaluator_class, args):
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, str(root / "dataset" / f"build_{kind}_dataset.py"), *args, "--output-dir", str(tmp_path)],
+                   check=True, capture_output=True)
+    ds = PuzzleDataset(PuzzleDatasetConfig(seed=0, dataset_paths=[str(tmp_path)], global_batch_size=4, test_set_mode=True,
+                                           epochs_per_iter=1, rank=0, num_replicas=1), split="test")
+    evaluator = evaluator_class(str(tmp_path), ds.metadata)
+    batches = []
+    for _, batch, _ in ds:  # 10 puzzles in batches of 4: the last one holds 2 padding rows
+        preds = torch.where(batch["labels"] == -100, 0, batch["labels"])
+        preds[0] = batch["inputs"][0]  # the first row of each batch left unsolved
+        batches.append((batch, {"preds": preds}))
+    result = run(evaluator, batches)
+    name = evaluator_class.name
+    assert (result[f"{name}/count"], result[f"{name}/exact_accuracy"], result[f"{name}/valid_accuracy"]) == \
+        (10, pytest.approx(0.7), pytest.approx(0.7))
