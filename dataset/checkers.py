@@ -62,7 +62,9 @@ def _as_char_grid(maze) -> np.ndarray:
         return np.array(list(maze)).reshape(side, side)
     a = np.asarray(maze)
     if a.dtype.kind in "iu":
-        a = np.array(list(MAZE_CHARSET))[a - 1]
+        # Tokens 1..5 are "# SGo"; anything else (pad 0, out of range) becomes "?", which no check accepts.
+        chars = np.array(["?"] + list(MAZE_CHARSET))
+        a = chars[np.where((a >= 1) & (a <= len(MAZE_CHARSET)), a, 0)]
     if a.ndim == 1:
         side = int(round(len(a) ** 0.5))
         a = a.reshape(side, side)

@@ -148,3 +148,13 @@ def test_both_invocation_styles(tmp_path, invocation):
     bad = subprocess.run([sys.executable, *invocation, "--size", "31", "--generate", "1", "--output-dir", str(out)],
                          cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--size 31" in bad.stderr
+
+
+def test_pad_tokens_on_a_path_are_not_a_valid_path():
+    from dataset.checkers import MAZE_CHARSET, is_valid_maze_path
+    tokens = lambda s: np.array([MAZE_CHARSET.index(c) + 1 for c in s])
+    maze, path = tokens("S  " "## " "G  "), tokens("Soo" "##o" "Goo")
+    assert is_valid_maze_path(maze, path)
+    padded = path.copy()
+    padded[1] = 0
+    assert not is_valid_maze_path(maze, padded)
