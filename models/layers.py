@@ -1,0 +1,117 @@
+"""Building blocks of the recursive reasoning models (SPEC §3): weights are kept in float32 and cast to the
+forward dtype on use; norms and rotary embeddings are computed in float32."""
+import math
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.common import trunc_normal_init_
+
+CosSin = Tuple[torch.Tensor, torch.Tensor]
+
+
+def swiglu_hidden_width(width: int, expansion: float, multiple: int = 256) -> int:
+    """round(expansion * width * 2/3), rounded up to a multiple of 256."""
+    hidden = round(expansion * width * 2 / 3)
+    return -(hidden // -multiple) * multiple
+
+
+def rms_norm(hidden_states: torch.Tensor, eps: float = 1e-5, dim: int = -1) -> torch.Tensor:
+    """RMSNorm without a learned scale, in float32, returned in the input dtype."""
+    input_dtype = hidden_states.dtype
+    hidden_states = hidden_states.to(torch.float32)
+    variance = hidden_states.square().mean(dim, keepdim=True)
+    return (hidden_states * torch.rsqrt(variance + eps)).to(input_dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, S, H, head_dim]; cos, sin [S, head_dim] in float32."""
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
+    x32 = x.to(cos.dtype)
+    return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
+
+
+class CastedLinear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(trunc_normal_init_(torch.empty(out_features, in_features), std=1.0 / math.sqrt(in_features)))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias.to(x.dtype) if self.bias is not None else None
+        return F.linear(x, self.weight.to(x.dtype), bias)
+
+
+class CastedEmbedding(nn.Module):
+    def __init__(self, num_embeddings: int, embedding_dim: int, init_std: float, cast_to: torch.dtype):
+        super().__init__()
+        self.cast_to = cast_to
+        self.embedding_weight = nn.Parameter(trunc_normal_init_(torch.empty(num_embeddings, embedding_dim), std=init_std))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.embedding_weight.to(self.cast_to))
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, dim: int, max_position_embeddings: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        freqs = torch.outer(torch.arange(max_position_embeddings, dtype=torch.float32), inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)  # rotate-half layout
+        self.register_buffer("cos_cached", emb.cos(), persistent=False)
+        self.register_buffer("sin_cached", emb.sin(), persistent=False)
+
+    def forward(self) -> CosSin:
+        return self.cos_cached, self.sin_cached
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection and no biases; non-causal unless asked."""
+
+    def __init__(self, hidden_size: int, num_heads: int, causal: bool = False):
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.causal = causal
+        self.qkv_proj = CastedLinear(hidden_size, 3 * hidden_size, bias=False)
+        self.o_proj = CastedLinear(hidden_size, hidden_size, bias=False)
+
+    def forward(self, cos_sin: CosSin, hidden_states: torch.Tensor) -> torch.Tensor:
+        batch, seq, width = hidden_states.shape
+        qkv = self.qkv_proj(hidden_states).view(batch, seq, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.unbind(2)
+        if cos_sin is not None:
+            cos, sin = cos_sin
+            query, key = apply_rotary_pos_emb(query, cos[:seq], sin[:seq]), apply_rotary_pos_emb(key, cos[:seq], sin[:seq])
+        out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                                             is_causal=self.causal)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, width))
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate) * up) over `width` features; `axis=1` mixes along the sequence of a [B, S, D] input
+    (the mlp_t token mixer) without transposing it."""
+
+    def __init__(self, width: int, expansion: float, axis: int = -1):
+        super().__init__()
+        self.axis = axis
+        hidden = swiglu_hidden_width(width, expansion)
+        self.gate_up_proj = CastedLinear(width, 2 * hidden, bias=False)
+        self.down_proj = CastedLinear(hidden, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.axis == -1:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
+        # [2H, S] @ [B, S, D] -> [B, 2H, D]: the same maths as the reference's transpose-linear-transpose.
+        gate, up = torch.matmul(self.gate_up_proj.weight.to(x.dtype), x).chunk(2, dim=1)
+        return torch.matmul(self.down_proj.weight.to(x.dtype), F.silu(gate) * up)
