@@ -37,8 +37,8 @@ def sudoku4(tmp_path_factory):
 @pytest.mark.slow
 def test_tiny_run_trains_and_its_loss_falls(sudoku4, tmp_path):
     ckpt = tmp_path / "ckpt"
-    result = run_pretrain([f"data_paths=[{sudoku4}]", "evaluators=[]", "global_batch_size=32", "epochs=4",
-                           "eval_interval=2", "lr=1e-3", "puzzle_emb_lr=1e-2", "lr_warmup_steps=5",
+    result = run_pretrain([f"data_paths=[{sudoku4}]", "evaluators=[]", "global_batch_size=32", "epochs=8",
+                           "eval_interval=4", "lr=1e-3", "puzzle_emb_lr=1e-2", "lr_warmup_steps=5",
                            "device=cpu", f"+checkpoint_path={ckpt}", "arch.mlp_t=True", "arch.pos_encodings=none",
                            *TINY_ARCH], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

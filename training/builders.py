@@ -54,8 +54,8 @@ def model_config_dict(config: PretrainConfig, metadata: PuzzleDatasetMetadata, w
     arch = config.arch.model_dump()
     arch.pop("name")
     arch.pop("loss")
+    arch["forward_dtype"] = forward_dtype
     return dict(**arch,
-                forward_dtype=forward_dtype,
                 batch_size=config.global_batch_size // world_size,
                 vocab_size=metadata.vocab_size,
                 seq_len=metadata.seq_len,
