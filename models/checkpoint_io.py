@@ -23,13 +23,14 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
 def load_reference_checkpoint(head: nn.Module, source: Union[str, Dict[str, torch.Tensor]], strict: bool = True) -> None:
     """Load a reference-layout state dict (a file path or a dict) into `head` (an ACTLossHead, compiled or not).
 
-    A puzzle-embedding table of another shape (fine-tuning on new puzzles) is replaced by its mean row,
-    broadcast to this model's shape (SPEC §6)."""
+    A puzzle-embedding table with another number of puzzles (fine-tuning on new puzzles) is replaced by its
+    mean row, broadcast to this model's table (SPEC §6)."""
     state_dict = strip_compiled_prefix(read_state_dict(source) if isinstance(source, str) else source)
     module = getattr(head, "_orig_mod", head)
     own = module.state_dict()
     for key, value in list(state_dict.items()):
-        if key.endswith(PUZZLE_EMB_KEY_SUFFIX) and key in own and value.shape != own[key].shape:
+        if (key.endswith(PUZZLE_EMB_KEY_SUFFIX) and key in own and value.shape != own[key].shape
+                and value.shape[1:] == own[key].shape[1:]):
             print(f"Puzzle embedding {tuple(value.shape)} -> {tuple(own[key].shape)}: initialised with the mean row")
             state_dict[key] = value.mean(dim=0, keepdim=True).expand(own[key].shape).contiguous()
     missing = sorted(set(own) - set(state_dict))

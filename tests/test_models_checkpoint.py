@@ -1,0 +1,49 @@
+"""Reference weights files (SPEC §6, §9): with or without `_orig_mod.`, new puzzle tables, clear mismatch errors."""
+import pytest
+import torch
+
+from models.checkpoint_io import load_reference_checkpoint
+from models.losses import ACTLossHead
+from models.recursive_reasoning.trm import TinyRecursiveReasoningModel_ACTV1
+
+
+def head(num_puzzle_identifiers=4, hidden_size=16):
+    return ACTLossHead(TinyRecursiveReasoningModel_ACTV1(dict(
+        batch_size=2, seq_len=4, vocab_size=5, num_puzzle_identifiers=num_puzzle_identifiers, H_cycles=1, L_cycles=1,
+        L_layers=1, hidden_size=hidden_size, expansion=2, num_heads=2, pos_encodings="rope", puzzle_emb_ndim=hidden_size,
+        halt_max_steps=2, halt_exploration_prob=0.1, forward_dtype="float32")))
+
+
+@pytest.mark.parametrize("prefix", ["_orig_mod.", ""])
+def test_weights_file_loads_with_or_without_compiled_prefix(tmp_path, prefix):
+    torch.manual_seed(0)
+    source = head()
+    with torch.no_grad():
+        source.model.inner.puzzle_emb.weights.normal_()
+    path = tmp_path / "step_10"
+    torch.save({prefix + k: v for k, v in source.state_dict().items()}, path)
+    target = head()
+    load_reference_checkpoint(target, str(path))
+    for k, v in source.state_dict().items():
+        assert torch.equal(target.state_dict()[k], v), k
+
+
+def test_new_puzzle_table_starts_from_the_mean_row():
+    source = head(num_puzzle_identifiers=3)
+    with torch.no_grad():
+        source.model.inner.puzzle_emb.weights.copy_(torch.arange(3.0)[:, None].expand(3, 16))
+    target = head(num_puzzle_identifiers=7)
+    load_reference_checkpoint(target, {"_orig_mod." + k: v for k, v in source.state_dict().items()})
+    assert torch.equal(target.model.inner.puzzle_emb.weights, torch.ones(7, 16))
+
+
+def test_mismatched_checkpoint_fails_with_one_line(tmp_path):
+    with pytest.raises(ValueError, match=r"shapes differ from the model .*embed_tokens.embedding_weight \(5, 32\) vs \(5, 16\)"):
+        load_reference_checkpoint(head(), {k: v for k, v in head(hidden_size=32).state_dict().items()})
+    partial = dict(head().state_dict())
+    partial.pop("model.inner.H_init")
+    partial["model.inner.extra"] = torch.zeros(1)
+    with pytest.raises(ValueError, match=r"missing keys \['model.inner.H_init'\], unexpected keys \['model.inner.extra'\]"):
+        load_reference_checkpoint(head(), partial)
+    with pytest.raises(FileNotFoundError, match="checkpoint '.*nowhere' not found"):
+        load_reference_checkpoint(head(), str(tmp_path / "nowhere"))
