@@ -120,7 +120,7 @@ class RecursiveInnerBase(nn.Module):
         elif config.pos_encodings == "learned":
             self.embed_pos = CastedEmbedding(self.total_seq_len, D, init_std=embed_init_std, cast_to=self.forward_dtype)
 
-    def state_init(self) -> nn.Parameter:
+    def state_init(self) -> torch.Tensor:
         """A fresh initial latent [D], truncated normal std 1, in the forward dtype (registered as a buffer)."""
         return trunc_normal_init_(torch.empty(self.config.hidden_size, dtype=self.forward_dtype), std=1.0)
 
