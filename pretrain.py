@@ -108,6 +108,7 @@ def run(config: PretrainConfig, dist_info: DistInfo) -> dict:
                 ema.update(head)
             if metrics is not None:
                 tracker.log(metrics, step=state.step)
+            if metrics is not None and "train/accuracy" in metrics:
                 progress.set_postfix(loss=f"{metrics.get('train/lm_loss', float('nan')):.3f}",
                                      acc=f"{metrics.get('train/accuracy', float('nan')):.3f}",
                                      exact=f"{metrics.get('train/exact_accuracy', float('nan')):.3f}")

@@ -1,7 +1,8 @@
 """One training step and one evaluation pass (SPEC §5, §6), shared by pretrain.py and evaluate.py."""
+import itertools
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -35,8 +36,11 @@ def reduce_train_metrics(metrics: Dict[str, torch.Tensor], global_batch_size: in
         return None
     values = values.cpu().tolist()
     summed = dict(zip(keys, values))
-    count = max(summed.get("count", 0.0), 1.0)
-    return {f"train/{k}": v / (global_batch_size if k.endswith("loss") else count) for k, v in summed.items()}
+    count = summed.get("count", 0.0)
+    # Per-row metrics exist only for rows that halted; a step where none did logs just the losses
+    # (the reference logs zeros there, which drags the curves down).
+    return {f"train/{k}": v / (global_batch_size if k.endswith("loss") else count)
+            for k, v in summed.items() if k.endswith("loss") or count > 0}
 
 
 def train_batch(state: TrainState, batch: Dict[str, torch.Tensor], global_batch_size: int, lr_warmup_steps: int,
@@ -72,11 +76,28 @@ def train_batch(state: TrainState, batch: Dict[str, torch.Tensor], global_batch_
     return reduced
 
 
+def run_to_max_steps(head: nn.Module, batches, return_keys, device: torch.device):
+    """The reference evaluation: each test batch runs until all its rows halt (halt_max_steps in eval mode)."""
+    for set_name, batch, _ in batches:
+        batch = to_device(batch, device)
+        with torch.device(device):
+            carry = head.initial_carry(batch)
+        while True:
+            carry, _, metrics, outputs, all_halted = head(carry=carry, batch=batch, return_keys=return_keys)
+            if all_halted:
+                break
+        yield set_name, batch, metrics, outputs
+
+
 @torch.inference_mode()
 def evaluate(head: nn.Module, eval_loader, eval_metadata, evaluators: List[Any], dist_info: DistInfo,
              device: torch.device, save_outputs: Sequence[str] = (), save_dir: Optional[str] = None,
-             step: int = 0, max_batches: Optional[int] = None, progress: bool = False) -> Optional[Dict[str, Any]]:
-    """Run every test batch to the end of ACT, then reduce per-set metrics and the evaluators' results to rank 0."""
+             step: int = 0, max_batches: Optional[int] = None, progress: bool = False,
+             batch_runner: Optional[Callable] = None) -> Optional[Dict[str, Any]]:
+    """Run every test batch to the end of ACT, then reduce per-set metrics and the evaluators' results to rank 0.
+
+    `batch_runner(head, batches, return_keys, device)` yields (set_name, batch, metrics, outputs) and decides how
+    rows halt; default run_to_max_steps, the reference (e.g. inference.halting.AdaptiveHalting halts early)."""
     from tqdm import tqdm
 
     return_keys = set(save_outputs)
@@ -88,18 +109,12 @@ def evaluate(head: nn.Module, eval_loader, eval_metadata, evaluators: List[Any],
     metric_keys: List[str] = []
     metric_values = None
     saved: Dict[str, List[torch.Tensor]] = {}
-    total = min(max_batches, len(eval_loader)) if (max_batches and hasattr(eval_loader, "__len__")) else max_batches
-    for batch_index, (set_name, batch, _) in enumerate(tqdm(eval_loader, total=total, desc="eval", disable=not (progress and dist_info.is_main), leave=False)):
-        if max_batches is not None and batch_index >= max_batches:
-            break
-        batch = to_device(batch, device)
-        with torch.device(device):
-            carry = head.initial_carry(batch)
-        while True:
-            carry, _, metrics, outputs, all_halted = head(carry=carry, batch=batch, return_keys=return_keys)
-            if all_halted:
-                break
-
+    total = len(eval_loader) if hasattr(eval_loader, "__len__") else None
+    if max_batches is not None:
+        total = max_batches if total is None else min(total, max_batches)
+    batches = itertools.islice(eval_loader, max_batches)
+    batches = tqdm(batches, total=total, desc="eval", disable=not (progress and dist_info.is_main), leave=False)
+    for set_name, batch, metrics, outputs in (batch_runner or run_to_max_steps)(head, batches, return_keys, device):
         for collection in (batch, outputs):
             for k, v in collection.items():
                 if k in save_outputs:
