@@ -1,0 +1,105 @@
+"""Python inference API: load a checkpoint, solve plain puzzles.
+
+    solver = Solver.from_checkpoint("checkpoints/Sudoku6-quick-ACT-torch")     # newest run, highest step
+    result = solver.solve([[0, 0, 3, ...], ...], return_steps=True)
+    result.answer, result.steps, result.confidence, result.step_answers
+"""
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from inference.encoding import decode_answer, encode
+from inference.halting import AdaptiveHalting
+from inference.loading import InputError, LoadedCheckpoint, guess_kind, load_checkpoint, run_hints, test_split_paths
+from training.device import pick_device
+
+
+@dataclass
+class Solution:
+    answer: Any                       # Sudoku: digit rows; maze: text lines; ARC: colour rows
+    steps: int                        # supervision steps used
+    confidence: float                 # sigmoid(q_halt) at the last step: the model's belief that it is right
+    tokens: np.ndarray                # the answer as tokens (the encoding of the dataset)
+    puzzle_tokens: np.ndarray
+    step_answers: Optional[List[Any]] = None   # the answer after every step (return_steps=True)
+    step_tokens: Optional[np.ndarray] = None   # [steps, seq_len]
+    step_confidences: Optional[List[float]] = None
+
+
+class Solver:
+    def __init__(self, loaded: LoadedCheckpoint, device: torch.device, kind: Optional[str] = None):
+        self.loaded = loaded
+        self.head = loaded.head
+        self.device = device
+        self.seq_len = loaded.metadata.seq_len
+        self.blank_identifier_id = loaded.metadata.blank_identifier_id
+        self.kind = kind or guess_kind(loaded.metadata, run_hints(loaded.run_config, test_split_paths(loaded.run_config or {})))
+        if self.kind is None:
+            raise InputError(f"cannot tell whether {loaded.weights} solves sudoku, maze or arc puzzles: pass kind=...")
+
+    @classmethod
+    def from_checkpoint(cls, path, device: str = "auto", kind: Optional[str] = None, data_path: Optional[str] = None,
+                        arch: Optional[dict] = None) -> "Solver":
+        """`path`: a weights file, a run directory or a directory of runs. `data_path`: a dataset of the checkpoint's
+        shape, needed only when the run's data is gone and the weights do not tell the sequence length."""
+        from inference.loading import read_split_metadata
+        torch_device = pick_device(device)
+        metadata = read_split_metadata(data_path) if data_path else None
+        return cls(load_checkpoint(path, torch_device, metadata=metadata, arch=arch, data_name=data_path or ""),
+                   torch_device, kind)
+
+    def solve(self, puzzle: Any, halt: str = "adaptive", halt_threshold: float = 0.5, return_steps: bool = False,
+              puzzle_identifier: int = None):
+        """One puzzle -> a Solution (an ARC task -> a list, one per test input)."""
+        rows = encode(puzzle, self.kind, self.seq_len)
+        solutions = self._run(rows, [puzzle_identifier] * len(rows), halt, halt_threshold, return_steps)
+        return solutions if self.kind == "arc" and isinstance(puzzle, dict) else solutions[0]
+
+    def solve_batch(self, puzzles: Sequence[Any], halt: str = "adaptive", halt_threshold: float = 0.5,
+                    return_steps: bool = False) -> List[Any]:
+        """Several puzzles in one batch; the result is in the order given."""
+        encoded = [encode(p, self.kind, self.seq_len) for p in puzzles]
+        flat = [row for rows in encoded for row in rows]
+        solutions = self._run(flat, [None] * len(flat), halt, halt_threshold, return_steps)
+        out, i = [], 0
+        for puzzle, rows in zip(puzzles, encoded):
+            out.append(solutions[i:i + len(rows)] if self.kind == "arc" and isinstance(puzzle, dict) else solutions[i])
+            i += len(rows)
+        return out
+
+    def solve_tokens(self, inputs: np.ndarray, puzzle_identifiers: Optional[np.ndarray] = None, halt: str = "adaptive",
+                     halt_threshold: float = 0.5, return_steps: bool = False) -> List[Solution]:
+        """Already-encoded rows [n, seq_len] (e.g. from a dataset)."""
+        ids = list(puzzle_identifiers) if puzzle_identifiers is not None else [None] * len(inputs)
+        return self._run(list(np.asarray(inputs)), ids, halt, halt_threshold, return_steps)
+
+    @torch.inference_mode()
+    def _run(self, rows: List[np.ndarray], identifiers: List[Optional[int]], halt: str, halt_threshold: float,
+             return_steps: bool) -> List[Solution]:
+        if halt not in ("fixed", "adaptive"):
+            raise InputError(f"halt={halt!r}: use fixed or adaptive")
+        if not rows:
+            return []
+        inputs = torch.tensor(np.stack(rows), dtype=torch.int32)
+        if inputs.shape[1] != self.seq_len:
+            raise InputError(f"puzzle has {inputs.shape[1]} tokens but this checkpoint takes seq_len {self.seq_len}")
+        ids = torch.tensor([self.blank_identifier_id if i is None else int(i) for i in identifiers], dtype=torch.int32)
+        batch = {"inputs": inputs, "labels": torch.full_like(inputs, -100), "puzzle_identifiers": ids}
+        runner = AdaptiveHalting(halt_threshold if halt == "adaptive" else None, record_steps=return_steps)
+        chunks = list(runner(self.head, [("all", batch, len(rows))], (), self.device))
+        results: List[Optional[Solution]] = [None] * len(rows)
+        for _, chunk_batch, _, outputs in chunks:
+            for j, index in enumerate(outputs["row_index"].tolist()):
+                tokens = outputs["preds"][j].cpu().numpy()
+                steps = int(outputs["steps"][j])
+                solution = Solution(answer=decode_answer(tokens, self.kind), steps=steps,
+                                    confidence=float(torch.sigmoid(outputs["q_halt_logits"][j].float())),
+                                    tokens=tokens, puzzle_tokens=chunk_batch["inputs"][j].cpu().numpy())
+                if return_steps:
+                    solution.step_tokens = outputs["step_preds"][j, :steps].numpy()
+                    solution.step_answers = [decode_answer(t, self.kind) for t in solution.step_tokens]
+                    solution.step_confidences = torch.sigmoid(outputs["step_q_halt_logits"][j, :steps]).tolist()
+                results[index] = solution
+        return results

@@ -1,0 +1,76 @@
+"""Watch a model solve a held-out puzzle step by step in the terminal:
+
+    python -m inference.demo [checkpoint=<file or dir>] [index=0] [halt=adaptive|fixed] [delay=0.5]
+
+Default checkpoint: the newest under checkpoints/Sudoku6-quick-ACT-torch/ (python pretrain.py +experiment=quickstart)."""
+import os
+import sys
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from inference.loading import QUICKSTART_DIR, InputError, test_split_paths
+
+OPTIONS = {"checkpoint": QUICKSTART_DIR, "index": "0", "halt": "adaptive", "halt_threshold": "0.5", "delay": "0.5",
+           "device": "auto"}
+
+
+def parse_args(argv: List[str]) -> Dict[str, str]:
+    options = dict(OPTIONS)
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in OPTIONS:
+            raise InputError(f"unknown argument {arg!r}: use key=value with keys {', '.join(OPTIONS)}")
+        options[key] = value
+    return options
+
+
+def held_out_puzzle(data_path: str, index: int):
+    """Inputs and label tokens of test example `index`."""
+    directory = os.path.join(data_path, "test")
+    inputs = np.load(os.path.join(directory, "all__inputs.npy"), mmap_mode="r")
+    if not 0 <= index < len(inputs):
+        raise InputError(f"index={index}: the test split of {data_path} has {len(inputs)} puzzles")
+    labels = np.load(os.path.join(directory, "all__labels.npy"), mmap_mode="r")
+    return np.array(inputs[index]), np.array(labels[index])
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from inference.api import Solver
+    from visualize.terminal import render_puzzle_answer, use_colour
+    try:
+        options = parse_args(sys.argv[1:] if argv is None else argv)
+        if options["checkpoint"] == QUICKSTART_DIR and not os.path.isdir(QUICKSTART_DIR):
+            raise InputError(f"no checkpoint under {QUICKSTART_DIR}/: train one with python pretrain.py +experiment=quickstart")
+        solver = Solver.from_checkpoint(options["checkpoint"], device=options["device"])
+        data_paths = test_split_paths(solver.loaded.run_config or {})
+        if not data_paths or not os.path.isdir(os.path.join(data_paths[0], "test")):
+            raise InputError(f"the test split of this run's dataset ({data_paths or 'unknown'}) is not on disk: build it first")
+        puzzle, label = held_out_puzzle(data_paths[0], int(options["index"]))
+        solution = solver.solve_tokens(puzzle[None], halt=options["halt"], halt_threshold=float(options["halt_threshold"]),
+                                       return_steps=True)[0]
+    except (InputError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    label = np.where(label == solver.loaded.metadata.ignore_label_id, 0, label)
+    live = use_colour()  # redraw in place on a terminal; plain frames one after another otherwise
+    print(f"{solver.loaded.weights}: test puzzle {options['index']} of {data_paths[0]}, halt={options['halt']}")
+    previous_height = 0
+    for step, (tokens, confidence) in enumerate(zip(solution.step_tokens, solution.step_confidences), start=1):
+        frame = render_puzzle_answer(puzzle, tokens, solver.kind, label=label, step=step)
+        frame += f"\nstep {step}: halting confidence {confidence:.3f}, {int((tokens != label).sum())} cells differ from the label"
+        if live and previous_height:
+            print(f"\x1b[{previous_height}F\x1b[J", end="")
+        print(frame, flush=True)
+        previous_height = frame.count("\n") + 1
+        if live and step < solution.steps:
+            time.sleep(float(options["delay"]))
+    solved = bool((solution.tokens == label).all())
+    print(f"{'solved' if solved else 'not solved'} in {solution.steps} steps (confidence {solution.confidence:.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

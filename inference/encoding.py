@@ -1,0 +1,99 @@
+"""Plain puzzles <-> token sequences of the on-disk encodings (SPEC §7), with one-line errors for bad input.
+
+Sudoku: an n x n list of digits, 0 for blanks. Maze: text lines (or one string with newlines) over "# SG".
+ARC: a task dict {"train": [...], "test": [{"input": grid}, ...]}; each test input is one puzzle."""
+from typing import Any, List, Sequence, Union
+
+import numpy as np
+
+from dataset.build_arc_dataset import GRID_SIZE, encode_grid
+from dataset.checkers import MAZE_CHARSET
+from inference.loading import InputError
+from visualize.decode import decode
+
+
+def _side(seq_len: int) -> int:
+    return int(round(seq_len ** 0.5))
+
+
+def encode_sudoku(grid: Any, seq_len: int) -> np.ndarray:
+    n = _side(seq_len)
+    try:
+        board = np.array(grid, dtype=np.int64)
+    except (ValueError, TypeError):
+        raise InputError(f"Sudoku must be an {n}x{n} list of rows of digits (0 for blanks)") from None
+    if board.shape != (n, n):
+        raise InputError(f"Sudoku is {'x'.join(map(str, board.shape)) or 'a scalar'} but this checkpoint solves {n}x{n} "
+                         f"boards (seq_len {seq_len}): give {n} rows of {n} digits")
+    bad = board[(board < 0) | (board > n)]
+    if bad.size:
+        raise InputError(f"Sudoku digit {int(bad[0])} outside 0-{n} (0 for a blank) for a {n}x{n} board")
+    return (board + 1).reshape(-1)
+
+
+def maze_lines(maze: Union[str, Sequence[str]]) -> List[str]:
+    return maze.strip("\n").split("\n") if isinstance(maze, str) else list(maze)
+
+
+def encode_maze(maze: Union[str, Sequence[str]], seq_len: int) -> np.ndarray:
+    n = _side(seq_len)
+    lines = maze_lines(maze)
+    if len(lines) != n or any(len(line) != n for line in lines):
+        widths = sorted({len(line) for line in lines})
+        raise InputError(f"maze has {len(lines)} lines of width {widths} but this checkpoint solves {n}x{n} mazes "
+                         f"(seq_len {seq_len}): give {n} lines of {n} characters")
+    text = "".join(lines)
+    bad = sorted(set(text) - set(MAZE_CHARSET))
+    if bad:
+        raise InputError(f"maze character {bad[0]!r} is not one of {MAZE_CHARSET!r} (wall '#', open ' ', start 'S', goal 'G')")
+    return np.array([MAZE_CHARSET.index(ch) + 1 for ch in text], dtype=np.int64)
+
+
+def arc_grid(value: Any, where: str) -> np.ndarray:
+    try:
+        grid = np.array(value)
+    except ValueError:
+        raise InputError(f"{where}: rows have different lengths; give a rectangular list of rows of colours 0-9") from None
+    if grid.ndim != 2 or grid.size == 0 or grid.dtype.kind not in "iu":
+        raise InputError(f"{where}: not a non-empty 2-D grid of integer colours 0-9")
+    if grid.shape[0] > GRID_SIZE or grid.shape[1] > GRID_SIZE:
+        raise InputError(f"{where}: grid is {grid.shape[0]}x{grid.shape[1]}, larger than {GRID_SIZE}x{GRID_SIZE}")
+    bad = grid[(grid < 0) | (grid > 9)]
+    if bad.size:
+        raise InputError(f"{where}: colour {int(bad[0])} outside 0-9")
+    return grid.astype(np.uint8)
+
+
+def arc_test_inputs(task: Any) -> List[np.ndarray]:
+    """The test input grids of an ARC task dict (a bare grid is taken as one input)."""
+    if isinstance(task, dict):
+        tests = task.get("test")
+        if not isinstance(tests, list) or not tests or not all(isinstance(t, dict) and "input" in t for t in tests):
+            raise InputError("ARC task must have a non-empty 'test' list of {'input': grid} entries")
+        return [arc_grid(t["input"], f"ARC test input {i}") for i, t in enumerate(tests)]
+    return [arc_grid(task, "ARC grid")]
+
+
+def encode_arc(grid: np.ndarray, seq_len: int) -> np.ndarray:
+    if seq_len != GRID_SIZE * GRID_SIZE:
+        raise InputError(f"this checkpoint has seq_len {seq_len}, not an ARC model ({GRID_SIZE * GRID_SIZE})")
+    return encode_grid(grid).astype(np.int64)
+
+
+def encode(puzzle: Any, kind: str, seq_len: int) -> List[np.ndarray]:
+    """One plain puzzle -> token rows (ARC tasks give one row per test input)."""
+    if kind == "sudoku":
+        return [encode_sudoku(puzzle, seq_len)]
+    if kind == "maze":
+        return [encode_maze(puzzle, seq_len)]
+    if kind == "arc":
+        return [encode_arc(g, seq_len) for g in arc_test_inputs(puzzle)]
+    raise InputError(f"unknown puzzle kind {kind!r}; use one of sudoku, maze, arc")
+
+
+def decode_answer(tokens: np.ndarray, kind: str):
+    """Token row -> plain answer: Sudoku digits (list of lists, -1 where no digit), maze lines, ARC colour grid."""
+    grid = decode(tokens, kind)
+    if kind == "maze":
+        return ["".join(row) for row in grid]
+    return grid.tolist()

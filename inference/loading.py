@@ -1,0 +1,215 @@
+"""Find a checkpoint, read the run's config saved beside it, check a dataset fits it and rebuild its loss head."""
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Dict, List, Optional
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from dataset.common import PuzzleDatasetMetadata, read_metadata
+from models.checkpoint_io import load_reference_checkpoint, read_state_dict, strip_compiled_prefix
+from training.builders import create_loss_head
+from training.config import ArchConfig, ConfigError
+from training.device import resolve_forward_dtype
+
+STEP_FILE = re.compile(r"^step_(\d+)$")
+QUICKSTART_DIR = os.path.join("checkpoints", "Sudoku6-quick-ACT-torch")
+KINDS = ("sudoku", "maze", "arc")
+
+
+class InputError(ValueError):
+    """Bad input from the user (a path, a puzzle, a dataset), stated in one line."""
+
+
+def _step_files(directory: Path) -> List[Path]:
+    return [p for p in directory.iterdir() if p.is_file() and STEP_FILE.match(p.name)]
+
+
+def step_of(weights: Path) -> Optional[int]:
+    match = STEP_FILE.match(Path(weights).name)
+    return int(match.group(1)) if match else None
+
+
+def find_weights(path) -> Path:
+    """A weights file as given; in a run directory its highest step_<N>; in a directory of runs (e.g. a project
+    under checkpoints/) the highest step of the run written last."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise InputError(f"checkpoint '{path}' not found: give a weights file (<run dir>/step_<N>) or a run directory")
+    steps = _step_files(path)
+    if not steps:
+        runs = [d for d in path.iterdir() if d.is_dir() and _step_files(d)]
+        if not runs:
+            raise InputError(f"no step_<N> weights in '{path}' or its sub-directories: train one first or give the file")
+        newest = max(runs, key=lambda d: max(p.stat().st_mtime for p in _step_files(d)))
+        steps = _step_files(newest)
+    return max(steps, key=step_of)
+
+
+def load_run_config(weights: Path) -> Optional[Dict[str, Any]]:
+    """all_config.yaml beside the weights (written by pretrain.py, and by the reference), or None."""
+    path = Path(weights).parent / "all_config.yaml"
+    if not path.is_file():
+        return None
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+
+
+def test_split_paths(run_config: Dict[str, Any]) -> List[str]:
+    return list(run_config.get("data_paths_test") or run_config.get("data_paths") or [])
+
+
+def read_split_metadata(data_path: str, split: str = "test") -> PuzzleDatasetMetadata:
+    directory = os.path.join(data_path, split)
+    if not os.path.isfile(os.path.join(directory, "dataset.json")):
+        raise InputError(f"dataset '{data_path}' has no {split}/dataset.json: build it first or fix data_paths")
+    return read_metadata(directory)
+
+
+def _find(state: Dict[str, torch.Tensor], suffix: str) -> Optional[torch.Tensor]:
+    return next((v for k, v in state.items() if k.endswith(suffix)), None)
+
+
+def puzzle_emb_len(arch: Dict[str, Any]) -> int:
+    ndim, hidden = int(arch.get("puzzle_emb_ndim", 0) or 0), int(arch["hidden_size"])
+    return int(arch.get("puzzle_emb_len", 16) or 0) or math.ceil(ndim / hidden)
+
+
+@dataclass
+class CheckpointShape:
+    """What the weights themselves say about the data the model was trained on (None: they do not tell)."""
+    vocab_size: Optional[int]
+    seq_len: Optional[int]
+    num_puzzle_identifiers: Optional[int]
+
+
+def checkpoint_shape(state: Dict[str, torch.Tensor], arch: Dict[str, Any]) -> CheckpointShape:
+    tokens = _find(state, "embed_tokens.embedding_weight")
+    puzzles = _find(state, "puzzle_emb.weights")
+    # The sequence length shows in learned positions and in the sequence-wide MLP (mlp_t); RoPE stores none.
+    width = None
+    positions = _find(state, "embed_pos.embedding_weight")
+    mlp_t = _find(state, "mlp_t.gate_up_proj.weight")
+    if positions is not None:
+        width = positions.shape[0]
+    elif mlp_t is not None:
+        width = mlp_t.shape[1]
+    seq_len = width - puzzle_emb_len(arch) if width is not None else None
+    return CheckpointShape(vocab_size=tokens.shape[0] if tokens is not None else None, seq_len=seq_len,
+                           num_puzzle_identifiers=puzzles.shape[0] if puzzles is not None else None)
+
+
+def check_dataset_fits(metadata: PuzzleDatasetMetadata, shape: CheckpointShape, data_name: str,
+                       trained: Optional[PuzzleDatasetMetadata] = None) -> None:
+    """A dataset whose vocabulary or sequence length differs from the checkpoint's -> one line, before any work."""
+    vocab = shape.vocab_size or (trained.vocab_size if trained else None)
+    seq_len = shape.seq_len or (trained.seq_len if trained else None)
+    if vocab is not None and metadata.vocab_size != vocab:
+        raise InputError(f"dataset {data_name} has vocab_size {metadata.vocab_size} but the checkpoint was trained with "
+                         f"{vocab}: evaluate on a dataset built like its training data")
+    if seq_len is not None and metadata.seq_len != seq_len:
+        raise InputError(f"dataset {data_name} has seq_len {metadata.seq_len} but the checkpoint was trained with "
+                         f"{seq_len}: evaluate on a dataset built like its training data")
+    if shape.num_puzzle_identifiers is not None and metadata.num_puzzle_identifiers > shape.num_puzzle_identifiers:
+        raise InputError(f"dataset {data_name} has {metadata.num_puzzle_identifiers} puzzle identifiers but the checkpoint's "
+                         f"embedding has {shape.num_puzzle_identifiers}: evaluate on the dataset it was trained with")
+
+
+def guess_kind(metadata: PuzzleDatasetMetadata, hints: str = "") -> Optional[str]:
+    """sudoku / maze / arc from names in `hints` (dataset paths, builder, evaluators), else from the sizes."""
+    hints = hints.lower()
+    for kind in KINDS:
+        if kind in hints:
+            return kind
+    side = int(round(metadata.seq_len ** 0.5))
+    if metadata.seq_len == 900 and metadata.vocab_size == 12:
+        return "arc"
+    if side * side == metadata.seq_len and metadata.vocab_size == side + 2:
+        return "sudoku"
+    if side * side == metadata.seq_len and metadata.vocab_size == 6:
+        return "maze"
+    return None
+
+
+def run_hints(run_config: Optional[Dict[str, Any]], data_paths: List[str]) -> str:
+    parts = list(data_paths)
+    if run_config:
+        parts += [str((run_config.get("data_build") or {}).get("module", ""))]
+        parts += [str(e.get("name", "")) for e in run_config.get("evaluators") or []]
+    return " ".join(os.path.basename(os.path.normpath(p)) for p in parts)
+
+
+@dataclass
+class LoadedCheckpoint:
+    head: nn.Module
+    weights: Path
+    step: Optional[int]
+    arch: Dict[str, Any]
+    metadata: PuzzleDatasetMetadata       # the data the head was built for
+    run_config: Optional[Dict[str, Any]]
+    forward_dtype: str
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def build_head(arch: Dict[str, Any], metadata: PuzzleDatasetMetadata, batch_size: int, device: torch.device,
+               forward_dtype: str) -> nn.Module:
+    try:
+        config = SimpleNamespace(arch=ArchConfig.model_validate(arch), global_batch_size=batch_size)
+    except Exception as e:  # pydantic's report, shortened
+        raise ConfigError(f"arch: {str(e).splitlines()[0]} (give arch=<name> and arch.* overrides)") from None
+    with torch.device(device):
+        return create_loss_head(config, metadata, world_size=1, forward_dtype=forward_dtype)
+
+
+def load_checkpoint(path, device: torch.device, metadata: Optional[PuzzleDatasetMetadata] = None,
+                    arch: Optional[Dict[str, Any]] = None, batch_size: int = 1, data_name: str = "",
+                    forward_dtype: Optional[str] = None) -> LoadedCheckpoint:
+    """Rebuild the loss head of a checkpoint in eval mode. The arch comes from all_config.yaml beside the weights,
+    or `arch` for a bare file; the data sizes from `metadata` (checked against the weights), else the run's
+    test split, else the weights (learned positions or mlp_t)."""
+    weights = find_weights(path)
+    run_config = load_run_config(weights)
+    if arch is None:
+        if run_config is None or "arch" not in run_config:
+            raise InputError(f"no all_config.yaml beside '{weights}': give the architecture, e.g. arch=trm arch.hidden_size=...")
+        arch = run_config["arch"]
+    arch = dict(arch)
+    state = strip_compiled_prefix(read_state_dict(str(weights)))
+    shape = checkpoint_shape(state, arch)
+
+    trained = None
+    for data_path in (test_split_paths(run_config) if run_config else [])[:1]:
+        for split in ("test", "train"):
+            if os.path.isfile(os.path.join(data_path, split, "dataset.json")):
+                trained = read_metadata(os.path.join(data_path, split))
+                break
+    if metadata is None:
+        metadata = trained
+        if metadata is None:
+            if shape.vocab_size is None or shape.seq_len is None:
+                raise InputError(f"cannot tell the sequence length of '{weights}' (its training data is not on disk): "
+                                 f"give data_paths=[<dataset it was trained on>]")
+            metadata = PuzzleDatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0,
+                                             vocab_size=shape.vocab_size, seq_len=shape.seq_len,
+                                             num_puzzle_identifiers=shape.num_puzzle_identifiers or 1, total_groups=1,
+                                             mean_puzzle_examples=1.0, total_puzzles=1, sets=["all"])
+    else:
+        check_dataset_fits(metadata, shape, data_name or "given", trained)
+    if shape.num_puzzle_identifiers is not None:  # index the checkpoint's table as it is
+        metadata = metadata.model_copy(update={"num_puzzle_identifiers": shape.num_puzzle_identifiers})
+
+    forward_dtype = resolve_forward_dtype(forward_dtype or arch.get("forward_dtype", "bfloat16"), device)
+    head = build_head(arch, metadata, batch_size, device, forward_dtype)
+    try:
+        load_reference_checkpoint(head, state)
+    except ValueError as e:
+        raise InputError(f"{weights}: {e}") from None
+    head.eval()
+    return LoadedCheckpoint(head=head, weights=weights, step=step_of(weights), arch=arch, metadata=metadata,
+                            run_config=run_config, forward_dtype=forward_dtype)
