@@ -120,7 +120,7 @@ def format_results(results: Dict[str, Dict[str, Any]]) -> str:
         for name, value in per_mode.items():
             if not isinstance(value, dict) and not name.endswith(("_ci_low", "_ci_high")) and not name.startswith("_"):
                 ci = f" [{per_mode[name + '_ci_low']:.4f}, {per_mode[name + '_ci_high']:.4f}]" if name + "_ci_low" in per_mode else ""
-                lines.append(f"{name} ({mode}): {value:.4f}{ci}")
+                lines.append(f"{name} ({mode}): {int(value) if name.endswith('count') else f'{value:.4f}'}{ci}")
     return "\n".join(lines)
 
 
