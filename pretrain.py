@@ -21,6 +21,7 @@ from training.distributed import DistInfo, init_distributed, shutdown_distribute
 from training.loop import TrainState, eval_summary_line, evaluate, train_batch
 from training.schedule import total_training_steps
 from training.tracking import Tracker
+from training.visuals import dataset_kind, reasoning_images
 
 
 def load_config(cfg: DictConfig, dist_info: DistInfo) -> PretrainConfig:
@@ -76,6 +77,8 @@ def run(config: PretrainConfig, dist_info: DistInfo) -> dict:
         load_reference_checkpoint(head, config.load_checkpoint)
     model = torch.compile(head) if should_compile(config.compile, device) else head
     evaluators = create_evaluators(config, eval_metadata, config.data_paths_test or config.data_paths) if eval_metadata else []
+    reasoning_kind = dataset_kind(eval_metadata, config.data_paths_test or config.data_paths,
+                                  [e.name for e in config.evaluators]) if eval_metadata else None
 
     state = TrainState(head=model, optimizers=optimizers, base_lrs=base_lrs, carry=None, step=0,
                        total_steps=total_training_steps(config.epochs, train_metadata.total_groups,
@@ -123,6 +126,9 @@ def run(config: PretrainConfig, dist_info: DistInfo) -> dict:
                                 step=state.step, max_batches=config.eval_max_batches)
         if dist_info.is_main:
             tracker.log(eval_metrics, step=state.step)
+            if tracker.run is not None and reasoning_kind is not None:
+                _, first_batch, _ = next(iter(eval_loader))
+                tracker.log_images(reasoning_images(eval_head, first_batch, reasoning_kind, n=4), step=state.step)
             progress.write(eval_summary_line(state.step, eval_metrics))
             last_eval = eval_metrics
             if config.checkpoint_every_eval or iter_id == total_iters - 1:
