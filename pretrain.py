@@ -14,24 +14,35 @@ from omegaconf import DictConfig, OmegaConf
 from models.ema import EMAHelper
 from training.builders import (copy_run_files, create_dataloader, create_evaluators, create_loss_head,
                                create_optimizers, ensure_dataset)
-from training.checkpoint import save_weights
+from training.checkpoint import Checkpointer, load_weights_file, prepare_resume, read_training_state, rewind_metrics
 from training.config import ConfigError, PretrainConfig, validate_config
 from training.device import pick_device, resolve_forward_dtype, should_compile
 from training.distributed import DistInfo, init_distributed, shutdown_distributed
 from training.loop import TrainState, eval_summary_line, evaluate, train_batch
+from training.preemption import GracefulStop
 from training.schedule import total_training_steps
 from training.tracking import Tracker
 from training.visuals import dataset_kind, reasoning_images
 
 
-def load_config(cfg: DictConfig, dist_info: DistInfo) -> PretrainConfig:
-    """Validate on rank 0 and share the result, so every rank uses the same run name and paths."""
-    objects = [None]
+def command_line_overrides() -> list:
+    from hydra.core.hydra_config import HydraConfig
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def load_config(cfg: DictConfig, dist_info: DistInfo):
+    """Validate on rank 0 and share the result, so every rank uses the same run name and paths. With `resume=`
+    the run's saved config (plus this command line's keys) and its training state (rank 0 only; read once)."""
+    objects, resume_state = [None], None
     if dist_info.is_main:
-        objects[0] = validate_config(OmegaConf.to_container(cfg, resolve=True)).fill_defaults()
+        raw = OmegaConf.to_container(cfg, resolve=True)
+        if raw.get("resume"):
+            objects[0], resume_state = prepare_resume(raw, command_line_overrides())
+        else:
+            objects[0] = validate_config(raw).fill_defaults()
     if dist_info.world_size > 1:
         torch.distributed.broadcast_object_list(objects, src=0)
-    return objects[0]
+    return objects[0], resume_state
 
 
 def seed_everything(seed: int) -> None:
@@ -42,12 +53,13 @@ def seed_everything(seed: int) -> None:
 def launch(cfg: DictConfig) -> dict:
     dist_info = init_distributed(cfg.get("device", "auto"))
     try:
-        return run(load_config(cfg, dist_info), dist_info)
+        config, resume_state = load_config(cfg, dist_info)
+        return run(config, dist_info, resume_state)
     finally:
         shutdown_distributed()
 
 
-def run(config: PretrainConfig, dist_info: DistInfo) -> dict:
+def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
     seed_everything(config.seed + dist_info.rank)
     device = pick_device(config.device)
     if dist_info.is_main:
@@ -73,8 +85,9 @@ def run(config: PretrainConfig, dist_info: DistInfo) -> dict:
                 torch.distributed.broadcast(tensor, src=0)
     optimizers, base_lrs = create_optimizers(config, head, dist_info.world_size)
     if config.load_checkpoint:
-        from models.checkpoint_io import load_reference_checkpoint
-        load_reference_checkpoint(head, config.load_checkpoint)
+        load_weights_file(head, config.load_checkpoint)
+    if config.resume and resume_state is None:  # ranks other than 0
+        resume_state = read_training_state(config.resume)
     model = torch.compile(head) if should_compile(config.compile, device) else head
     evaluators = create_evaluators(config, eval_metadata, config.data_paths_test or config.data_paths) if eval_metadata else []
     reasoning_kind = dataset_kind(eval_metadata, config.data_paths_test or config.data_paths,
@@ -87,9 +100,12 @@ def run(config: PretrainConfig, dist_info: DistInfo) -> dict:
     tracker = None
     if dist_info.is_main:
         copy_run_files(config, head)
-        tracker = Tracker(config, config.checkpoint_path)
+        if resume_state is not None:
+            rewind_metrics(config.checkpoint_path, resume_state["step"])
+        tracker = Tracker(config, config.checkpoint_path, run_id=resume_state and resume_state.get("wandb_run_id"))
         tracker.summary("num_params", num_params)
-        tracker.log({"num_params": num_params}, step=0)
+        if resume_state is None:
+            tracker.log({"num_params": num_params}, step=0)
         print(f"{config.arch.name}: {num_params:,} parameters, {state.total_steps} steps, device {device}, "
               f"dtype {forward_dtype}, world size {dist_info.world_size}, checkpoints in {config.checkpoint_path}")
 
@@ -98,9 +114,21 @@ def run(config: PretrainConfig, dist_info: DistInfo) -> dict:
         ema = EMAHelper(mu=config.ema_rate)
         ema.register(head)
 
-    progress = tqdm.tqdm(total=state.total_steps, disable=not dist_info.is_main, dynamic_ncols=True)
+    checkpointer = Checkpointer(config.checkpoint_path, config.checkpoint_interval, config.checkpoint_keep, dist_info)
+    def save_checkpoint(next_iter: int, keep_weights: bool = False):
+        checkpointer.save(state, ema, train_loader, config, tracker and tracker.run_id, next_iter, device, keep_weights)
+
+    start_iter = 0
+    if resume_state is not None:  # last before training: it also restores the RNGs
+        start_iter = checkpointer.restore(resume_state, state, ema, train_loader, device)
+        if dist_info.is_main:
+            print(f"Resumed {config.checkpoint_path} at step {state.step} from {config.resume}")
+        del resume_state
+
+    progress = tqdm.tqdm(total=state.total_steps, initial=state.step, disable=not dist_info.is_main, dynamic_ncols=True)
     last_eval = {}
-    for iter_id in range(total_iters):
+    stop = GracefulStop(dist_info).install()  # SIGTERM/SIGINT: finish the step, save, exit
+    for iter_id in range(start_iter, total_iters):
         model.train()
         for _, batch, global_batch_size in train_loader:
             if state.step >= state.total_steps:
@@ -116,8 +144,15 @@ def run(config: PretrainConfig, dist_info: DistInfo) -> dict:
                                      acc=f"{metrics.get('train/accuracy', float('nan')):.3f}",
                                      exact=f"{metrics.get('train/exact_accuracy', float('nan')):.3f}")
             progress.update(1)
+            if stop.requested() or checkpointer.due(state.step):
+                save_checkpoint(next_iter=iter_id)
+            if stop.stopping:
+                break
+        if stop.stopping:
+            break
 
         if iter_id < (config.min_eval_interval or 0) or eval_loader is None:
+            save_checkpoint(next_iter=iter_id + 1, keep_weights=iter_id == total_iters - 1)
             continue
         eval_head = ema.ema_copy(head) if ema is not None else head
         eval_head.eval()
@@ -131,14 +166,20 @@ def run(config: PretrainConfig, dist_info: DistInfo) -> dict:
                 tracker.log_images(reasoning_images(eval_head, first_batch, reasoning_kind, n=4), step=state.step)
             progress.write(eval_summary_line(state.step, eval_metrics))
             last_eval = eval_metrics
-            if config.checkpoint_every_eval or iter_id == total_iters - 1:
-                save_weights(eval_head, config.checkpoint_path, state.step)
         if eval_head is not head:
             del eval_head
+        save_checkpoint(next_iter=iter_id + 1, keep_weights=config.checkpoint_every_eval or iter_id == total_iters - 1)
+        if stop.requested():
+            break
 
+    stop.restore()
     progress.close()
     if tracker is not None:
         tracker.finish()
+        if stop.stopping:
+            print(f"Stopped by {stop.name} at step {state.step}, checkpoint saved; continue with resume={config.checkpoint_path}")
+    if stop.stopping:
+        raise SystemExit(stop.exit_code)
     return last_eval
 
 

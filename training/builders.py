@@ -88,6 +88,9 @@ def create_optimizers(config: PretrainConfig, head: nn.Module, world_size: int):
             puzzle_emb.buffers(), lr=0, weight_decay=config.puzzle_emb_weight_decay, world_size=world_size))
         base_lrs.append(config.puzzle_emb_lr)
     if config.freeze_weights:
+        if puzzle_emb is None:
+            raise ConfigError("freeze_weights=True trains only the puzzle embeddings, but this model has none "
+                              "(arch.puzzle_emb_ndim=0): set freeze_weights=False or give the model a puzzle embedding")
         for p in head.parameters():
             p.requires_grad_(False)
     else:

@@ -55,6 +55,9 @@ class PretrainConfig(_Strict):
     eval_interval: Optional[pydantic.PositiveInt] = None
     min_eval_interval: Optional[pydantic.NonNegativeInt] = 0
     checkpoint_every_eval: bool = False
+    checkpoint_interval: Optional[pydantic.PositiveInt] = None
+    checkpoint_keep: Optional[pydantic.PositiveInt] = 2
+    resume: Optional[str] = None
 
     lr: float
     lr_min_ratio: float
