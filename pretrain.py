@@ -1,9 +1,8 @@
 """Train a recursive reasoning model: `python pretrain.py arch=trm data_paths="[...]" ...` (SPEC §1, §6).
 
 Single process, or `torchrun --nproc-per-node N pretrain.py ...` for several."""
-import copy
-import os
 import sys
+import time
 
 import hydra
 import numpy as np
@@ -16,9 +15,9 @@ from training.builders import (copy_run_files, create_dataloader, create_evaluat
                                create_optimizers, ensure_dataset)
 from training.checkpoint import Checkpointer, load_weights_file, prepare_resume, read_training_state, rewind_metrics
 from training.config import ConfigError, PretrainConfig, validate_config
-from training.device import pick_device, resolve_forward_dtype, should_compile
+from training.device import maybe_compile, pick_device, resolve_forward_dtype
 from training.distributed import DistInfo, init_distributed, shutdown_distributed
-from training.loop import TrainState, eval_summary_line, evaluate, train_batch
+from training.loop import TrainState, eval_summary_line, evaluate, final_summary_line, train_batch
 from training.preemption import GracefulStop
 from training.schedule import total_training_steps
 from training.tracking import Tracker
@@ -88,7 +87,7 @@ def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
         load_weights_file(head, config.load_checkpoint)
     if config.resume and resume_state is None:  # ranks other than 0
         resume_state = read_training_state(config.resume)
-    model = torch.compile(head) if should_compile(config.compile, device) else head
+    model = maybe_compile(head, config.compile, device)
     evaluators = create_evaluators(config, eval_metadata, config.data_paths_test or config.data_paths) if eval_metadata else []
     reasoning_kind = dataset_kind(eval_metadata, config.data_paths_test or config.data_paths,
                                   [e.name for e in config.evaluators]) if eval_metadata else None
@@ -125,6 +124,7 @@ def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
             print(f"Resumed {config.checkpoint_path} at step {state.step} from {config.resume}")
         del resume_state
 
+    start_time = time.time()
     progress = tqdm.tqdm(total=state.total_steps, initial=state.step, disable=not dist_info.is_main, dynamic_ncols=True)
     last_eval = {}
     stop = GracefulStop(dist_info).install()  # SIGTERM/SIGINT: finish the step, save, exit
@@ -176,8 +176,8 @@ def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
     progress.close()
     if tracker is not None:
         tracker.finish()
-        if stop.stopping:
-            print(f"Stopped by {stop.name} at step {state.step}, checkpoint saved; continue with resume={config.checkpoint_path}")
+        print(f"Stopped by {stop.name} at step {state.step}, checkpoint saved; continue with resume={config.checkpoint_path}"
+              if stop.stopping else final_summary_line(state.step, time.time() - start_time, last_eval))
     if stop.stopping:
         raise SystemExit(stop.exit_code)
     return last_eval

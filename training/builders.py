@@ -4,10 +4,8 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
-import torch
 from omegaconf import OmegaConf
 from torch import nn
 

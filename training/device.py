@@ -53,3 +53,13 @@ def should_compile(requested: Optional[bool], device: torch.device) -> bool:
     if requested is None:
         return device.type == "cuda"
     return requested
+
+
+def maybe_compile(module: torch.nn.Module, requested: Optional[bool], device: torch.device) -> torch.nn.Module:
+    """torch.compile when asked (or by default on CUDA). A machine without a working C++ toolchain for the CPU
+    backend falls back to eager with a warning instead of failing the run."""
+    if not should_compile(requested, device):
+        return module
+    import torch._dynamo
+    torch._dynamo.config.suppress_errors = True
+    return torch.compile(module)

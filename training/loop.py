@@ -161,6 +161,13 @@ def eval_summary_line(step: int, metrics: Dict[str, Any]) -> str:
         if isinstance(values, dict):
             parts.append(f"{set_name}: exact {values.get('exact_accuracy', float('nan')):.4f} "
                          f"acc {values.get('accuracy', float('nan')):.4f} steps {values.get('steps', float('nan')):.2f}")
-        else:
+        elif "_ci_" not in set_name and not set_name.endswith("/count"):
             parts.append(f"{set_name} {float(values):.4f}")
     return f"[eval @ step {step}] " + " | ".join(parts)
+
+
+def final_summary_line(step: int, seconds: float, metrics: Dict[str, Any]) -> str:
+    held_out = [f"{name} {values['exact_accuracy']:.1%} exact ({int(values['count'])} puzzles)"
+                for name, values in metrics.items() if isinstance(values, dict) and "exact_accuracy" in values]
+    result = "held-out " + ", ".join(held_out) if held_out else "no evaluation ran"
+    return f"Done: {step} steps in {seconds / 60:.1f} min; {result}"
