@@ -297,6 +297,13 @@ def prepare_resume(command_line: Dict[str, Any], overrides: Sequence[str]) -> Tu
     return resumed_config(state["config"], command_line, overrides, path), state
 
 
+def logged_step(line: str) -> Optional[int]:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):  # a line cut short by a crash
+        return None
+
+
 def rewind_metrics(run_dir: str, step: int) -> None:
     """Records logged after the checkpoint (by a run that crashed later) move to metrics.after_crash.jsonl, so
     metrics.jsonl reads as if the run had never stopped."""
@@ -304,13 +311,13 @@ def rewind_metrics(run_dir: str, step: int) -> None:
     if not os.path.isfile(path):
         return
     with open(path) as f:
-        lines = f.readlines()
-    keep = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
-    dropped = [line for line in lines if line.strip() and json.loads(line).get("step", 0) > step]
-    if not dropped:
+        lines = [line if line.endswith("\n") else line + "\n" for line in f if line.strip()]
+    steps = [logged_step(line) for line in lines]
+    keep = [line for line, s in zip(lines, steps) if s is not None and s <= step]
+    if len(keep) == len(lines):
         return
     with open(os.path.join(run_dir, "metrics.after_crash.jsonl"), "a") as f:
-        f.writelines(dropped)
+        f.writelines(line for line, s in zip(lines, steps) if s is None or s > step)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.writelines(keep)
