@@ -62,3 +62,37 @@ def test_an_error_on_one_rank_stops_every_rank(tmp_path):
     result = train(2, tmp_path / "missing-dataset", tmp_path / "ckpt")
     assert result.returncode != 0
     assert "dataset" in result.stderr and "not found" in result.stderr
+
+
+def test_slurm_launcher_config_composes():
+    from hydra import compose, initialize_config_dir
+    with initialize_config_dir(config_dir=str(ROOT / "config"), version_base=None):
+        cfg = compose("cfg_pretrain", overrides=["hydra/launcher=slurm", "+experiment=arc1", "hydra.launcher.nodes=2"],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert (cfg.hydra.launcher.nodes, cfg.hydra.launcher.tasks_per_node, cfg.hydra.launcher.gpus_per_node) == (2, 4, 4)
+
+
+def test_slurm_tasks_get_torch_distributed_ranks(monkeypatch):
+    from training.distributed import adopt_slurm_environment
+    for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(key, "")  # recorded, so the variables the helper exports are removed after the test
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    for key, value in {"SLURM_NTASKS": "8", "SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_JOB_NUM_NODES": "2",
+                       "SLURM_JOB_NODELIST": "gpu[03-04]", "SLURM_JOB_ID": "42", "SLURM_NODEID": "1"}.items():
+        monkeypatch.setenv(key, value)
+    adopt_slurm_environment()
+    assert (os.environ["RANK"], os.environ["LOCAL_RANK"], os.environ["WORLD_SIZE"]) == ("5", "1", "8")
+    assert os.environ["MASTER_ADDR"] == "gpu03"
+
+
+@pytest.mark.slow
+def test_local_multirun_sweep_runs_each_point(sudoku4, tmp_path):
+    env = dict(os.environ, WANDB_MODE="disabled", DISABLE_COMPILE="1")
+    result = subprocess.run([sys.executable, str(ROOT / "pretrain.py"), "-m", "arch.L_cycles=1,2", f"data_paths=[{sudoku4}]",
+                             "evaluators=[]", "global_batch_size=16", "epochs=1", "eval_interval=1", "device=cpu", *TINY[:3]],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((tmp_path / "checkpoints").glob("*/*/all_config.yaml"))
+    assert sorted(r.read_text().count("L_cycles: 1") + 2 * r.read_text().count("L_cycles: 2") for r in runs) == [1, 2]

@@ -99,7 +99,10 @@ class PretrainConfig(_Strict):
             self.project_name = f"{Path(self.data_paths[0]).name.capitalize()}-ACT-torch"
         if self.run_name is None:
             import datetime
-            self.run_name = f"{self.arch.name.split('@')[-1]} {datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+            import secrets
+            # a random suffix keeps sweep points started within the same second apart
+            stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+            self.run_name = f"{self.arch.name.split('@')[-1]} {stamp}-{secrets.token_hex(2)}"
         if self.checkpoint_path is None:
             self.checkpoint_path = os.path.join("checkpoints", self.project_name, self.run_name)
         return self

@@ -19,8 +19,17 @@ class DistInfo:
         return self.rank == 0
 
 
+def adopt_slurm_environment() -> None:
+    """Under hydra-submitit-launcher (one SLURM task per GPU, no torchrun) take the rank layout from SLURM."""
+    if "LOCAL_RANK" in os.environ or os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return
+    from submitit.helpers import TorchDistributedEnvironment
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
 def init_distributed(device_request: str) -> DistInfo:
-    """Join the torchrun process group when launched by torchrun; a single process otherwise."""
+    """Join the process group when launched by torchrun (or as SLURM tasks); a single process otherwise."""
+    adopt_slurm_environment()
     if "LOCAL_RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return DistInfo()
     local_rank = int(os.environ["LOCAL_RANK"])
