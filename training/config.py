@@ -54,7 +54,7 @@ class PretrainConfig(_Strict):
     epochs: pydantic.PositiveInt
     eval_interval: Optional[pydantic.PositiveInt] = None
     min_eval_interval: Optional[pydantic.NonNegativeInt] = 0
-    checkpoint_every_eval: bool = False
+    checkpoint_every_eval: bool = True
     checkpoint_interval: Optional[pydantic.PositiveInt] = None
     checkpoint_keep: Optional[pydantic.PositiveInt] = 2
     resume: Optional[str] = None
