@@ -10,8 +10,8 @@ from dataset.build_arc_dataset import (augment_grid, augment_name, build, crop_g
                                        inverse_augment_grid, main, parse_augment_name)
 from dataset.common import read_metadata, read_set
 
-ARC_DIR = "/work/shared/data/arc-agi"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARC_DIR = os.path.join(os.path.dirname(REPO), "shared", "data", "arc-agi")  # the team's ../shared beside the checkout
 needs_arc = pytest.mark.skipif(not os.path.isfile(f"{ARC_DIR}/arc-agi_training_challenges.json"), reason="ARC data not present")
 
 

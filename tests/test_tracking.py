@@ -1,4 +1,5 @@
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -39,8 +40,13 @@ def test_offline_run_leaves_a_run_directory_with_the_metrics(monkeypatch, tmp_pa
     tracker.finish()
     run_dirs = list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(run_dirs) == 1 and list(run_dirs[0].glob("*.wandb"))
-    # the offline history file holds the logged values
-    history = (run_dirs[0] / f"run-{run_id}.wandb").read_bytes()
+    # the offline history file holds the logged values (W&B's service process may still be flushing it)
+    history_file = run_dirs[0] / f"run-{run_id}.wandb"
+    for _ in range(100):
+        history = history_file.read_bytes()
+        if b"train/lm_loss" in history and b"test/exact_accuracy" in history:
+            break
+        time.sleep(0.1)
     assert b"train/lm_loss" in history and b"test/exact_accuracy" in history
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert lines == [{"step": 1, "train/lm_loss": 1.5}, {"step": 2, "test/exact_accuracy": 0.25}]
