@@ -25,8 +25,8 @@ import numpy as np
 from tqdm import tqdm
 
 from dataset.checkers import MAZE_CHARSET, is_valid_maze_path
-from dataset.common import (MAX_GRID_SIDE, SOURCE_CSV_COLUMNS, AtomicOutputDir, DatasetError, dihedral_transform_batch,
-                            download_split_csvs, iter_source_csv, locate_split_csvs, parse_rating, run_cli,
+from dataset.common import (choose_csv_source, MAX_GRID_SIDE, SOURCE_CSV_COLUMNS, AtomicOutputDir, DatasetError, dihedral_transform_batch,
+                            iter_source_csv, locate_split_csvs, parse_rating, run_cli,
                             single_example_layout, single_set_metadata, write_identifiers)
 from dataset.generators import maze as generator
 
@@ -135,15 +135,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_sources(args) -> Dict[str, Dict[str, object]]:
-    if args.source_dir is None and args.source_repo is not None:
-        args.source_dir = download_split_csvs(args.source_repo)["train"].parent  # asked for explicitly: fail if offline
-    elif args.source_dir is None and args.generate is None:
-        try:
-            args.source_dir = download_split_csvs(DEFAULT_REPO)["train"].parent
-        except DatasetError as e:
-            args.generate = 1000
-            print(f"notice: {e}\nnotice: falling back to the built-in generator (--generate 1000 --generate-test "
-                  f"{args.generate_test or 1000} --size {args.size}); this is NOT Maze-Hard", file=sys.stderr)
+    choose_csv_source(args, DEFAULT_REPO, "Maze-Hard", fallback_count=1000)
     if args.source_dir is not None:
         splits = {split: read_maze_csv(path) for split, path in locate_split_csvs(args.source_dir).items()}
         if splits["train"]["size"] != splits["test"]["size"]:

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dataset.checkers import valid_sudoku_solutions
-from dataset.common import (SOURCE_CSV_COLUMNS, AtomicOutputDir, DatasetError, download_split_csvs, iter_source_csv,
+from dataset.common import (choose_csv_source, SOURCE_CSV_COLUMNS, AtomicOutputDir, DatasetError, iter_source_csv,
                             locate_split_csvs, parse_rating, run_cli, single_example_layout, single_set_metadata,
                             write_identifiers)
 from dataset.generators import sudoku as generator
@@ -228,15 +228,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_sources(args) -> Tuple[Dict[str, SudokuSplit], int]:
-    if args.source_dir is None and args.source_repo is not None:
-        args.source_dir = download_split_csvs(args.source_repo)["train"].parent  # asked for explicitly: fail if offline
-    elif args.source_dir is None and args.generate is None:
-        try:
-            args.source_dir = download_split_csvs(DEFAULT_REPO)["train"].parent
-        except DatasetError as e:
-            args.generate = args.subsample_size or 1000
-            print(f"notice: {e}\nnotice: falling back to the built-in generator (--generate {args.generate} "
-                  f"--generate-test {args.generate_test or 1000} --size {args.size}); this is NOT Sudoku-Extreme", file=sys.stderr)
+    choose_csv_source(args, DEFAULT_REPO, "Sudoku-Extreme", fallback_count=args.subsample_size or 1000)
     if args.source_dir is not None:
         paths = locate_split_csvs(args.source_dir)
         loaded = {split: read_sudoku_csv(path, args.min_difficulty) for split, path in paths.items()}

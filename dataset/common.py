@@ -215,3 +215,18 @@ def download_split_csvs(repo: str, cache_dir: Optional[Path] = None, timeout: fl
         paths[split] = path
     return paths
 
+
+
+def choose_csv_source(args, default_repo: str, dataset_name: str, fallback_count: int) -> None:
+    """Resolve the source order shared by the Sudoku and Maze builders: --source-dir, then an explicit --source-repo
+    (fails when offline), then --generate; with no source flag the default repo, or offline the generator with a notice.
+    Sets `args.source_dir` or `args.generate`."""
+    if args.source_dir is None and args.source_repo is not None:
+        args.source_dir = download_split_csvs(args.source_repo)["train"].parent
+    elif args.source_dir is None and args.generate is None:
+        try:
+            args.source_dir = download_split_csvs(default_repo)["train"].parent
+        except DatasetError as e:
+            args.generate = fallback_count
+            print(f"notice: {e}\nnotice: falling back to the built-in generator (--generate {args.generate} "
+                  f"--generate-test {args.generate_test or 1000} --size {args.size}); this is NOT {dataset_name}", file=sys.stderr)

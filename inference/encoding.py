@@ -6,7 +6,7 @@ from typing import Any, List, Sequence, Union
 
 import numpy as np
 
-from dataset.build_arc_dataset import GRID_SIZE, encode_grid
+from dataset.build_arc_dataset import GRID_SIZE, ARCInputError, encode_grid, to_grid
 from dataset.checkers import MAZE_CHARSET
 from inference.loading import InputError
 from visualize.decode import decode
@@ -50,18 +50,11 @@ def encode_maze(maze: Union[str, Sequence[str]], seq_len: int) -> np.ndarray:
 
 
 def arc_grid(value: Any, where: str) -> np.ndarray:
+    """The dataset builder's checks (rectangular, at most 30x30, colours 0-9), raised as an inference InputError."""
     try:
-        grid = np.array(value)
-    except ValueError:
-        raise InputError(f"{where}: rows have different lengths; give a rectangular list of rows of colours 0-9") from None
-    if grid.ndim != 2 or grid.size == 0 or grid.dtype.kind not in "iu":
-        raise InputError(f"{where}: not a non-empty 2-D grid of integer colours 0-9")
-    if grid.shape[0] > GRID_SIZE or grid.shape[1] > GRID_SIZE:
-        raise InputError(f"{where}: grid is {grid.shape[0]}x{grid.shape[1]}, larger than {GRID_SIZE}x{GRID_SIZE}")
-    bad = grid[(grid < 0) | (grid > 9)]
-    if bad.size:
-        raise InputError(f"{where}: colour {int(bad[0])} outside 0-9")
-    return grid.astype(np.uint8)
+        return to_grid(value, where)
+    except ARCInputError as e:
+        raise InputError(str(e)) from None
 
 
 def arc_test_inputs(task: Any) -> List[np.ndarray]:
