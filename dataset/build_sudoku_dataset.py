@@ -185,8 +185,8 @@ def write_sudoku_split(split_dir: Path, split: SudokuSplit, size: int, num_aug: 
     inputs.flush()
     labels.flush()
     del inputs, labels
-    for field, array in single_example_layout(groups, per_group).items():
-        np.save(split_dir / f"all__{field}.npy", array)
+    for field, values in single_example_layout(groups, per_group).items():
+        np.save(split_dir / f"all__{field}.npy", values)
     (split_dir / "dataset.json").write_text(single_set_metadata(cells, size + 2, groups, per_group).model_dump_json(indent=2))
 
 

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from dataset.build_arc_dataset import (augment_grid, augment_name, build, crop_grid, crop_sizes, encode_grid, grid_hash,
+from dataset.build_arc_dataset import (augment_grid, augment_name, build, crop_grid, encode_grid, grid_hash,
                                        inverse_augment_grid, main, parse_augment_name)
 from dataset.common import read_metadata, read_set
 

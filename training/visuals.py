@@ -1,6 +1,6 @@
 """Pictures of the reasoning for training evaluations: the puzzle, the answer after every supervision step and the
 label, for a few test puzzles (logged to W&B with Tracker.log_images)."""
-from typing import Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, Optional
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ def dataset_kind(metadata, data_paths: Iterable[str] = (), evaluator_names: Iter
 
 @torch.inference_mode()
 def reasoning_images(head: nn.Module, batch: Dict[str, torch.Tensor], kind: Optional[str], n: int = 4,
-                     halt_threshold: Optional[float] = None) -> Dict[str, "PIL.Image.Image"]:
+                     halt_threshold: Optional[float] = None) -> Dict[str, Any]:
     """{"reasoning/<i>": image} for the first `n` labelled rows of `batch`, run on `head` as it is (call it in eval
     mode: every row runs halt_max_steps, or halts early with `halt_threshold`). {} when `kind` is None."""
     if kind is None or n <= 0:
