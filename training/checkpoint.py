@@ -16,9 +16,9 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 from torch import nn
 
+from models.checkpoint_io import COMPILED_PREFIX, load_reference_checkpoint
 from training.config import ConfigError, PretrainConfig, validate_config
 
-COMPILED_PREFIX = "_orig_mod."
 STATE_FORMAT = "trm-training-state/1"
 STATE_FILE = re.compile(r"^state_(\d+)\.pt$")
 WEIGHTS_FILE = re.compile(r"^step_(\d+)$")
@@ -120,8 +120,6 @@ def save_weights(head: nn.Module, checkpoint_dir: str, step: int,
 def load_weights_file(head: nn.Module, path: str, what: str = "load_checkpoint") -> None:
     """`load_checkpoint=FILE`: weights only, like the reference (prefix-insensitive; a puzzle table of another size
     starts from its mean row). A training state file gives its raw weights."""
-    from models.checkpoint_io import load_reference_checkpoint
-
     state = read_checkpoint_file(path, what)
     if state.get("format") == STATE_FORMAT:
         state = state["model"]
