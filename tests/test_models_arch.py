@@ -45,7 +45,8 @@ def test_arch_yaml_builds_and_runs_forward_and_backward_at_tiny_size(arch_name, 
     assert torch.isfinite(loss) and outputs["logits"].shape == (2, 9, 6) and outputs["preds"].shape == (2, 9)
     no_grad = [n for n, p in head.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert no_grad == []
-    assert head.model.puzzle_emb.local_weights.grad is not None
+    if arch_name != "trm_lm":  # the language model has no puzzle embedding
+        assert head.model.puzzle_emb.local_weights.grad is not None
 
 
 def test_bfloat16_forward_on_cpu():
