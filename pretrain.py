@@ -78,13 +78,13 @@ def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
     forward_dtype = resolve_forward_dtype(config.arch.model_extra.get("forward_dtype", "bfloat16"), device)
     with torch.device(device):
         head = create_loss_head(config, train_metadata, dist_info.world_size, forward_dtype)
-    if dist_info.world_size > 1:
-        with torch.no_grad():
-            for tensor in list(head.parameters()) + list(head.buffers()):
-                torch.distributed.broadcast(tensor, src=0)
     optimizers, base_lrs = create_optimizers(config, head, dist_info.world_size)
     if config.load_checkpoint:
         load_weights_file(head, config.load_checkpoint)
+    if dist_info.world_size > 1:  # every rank starts from rank 0's weights
+        with torch.no_grad():
+            for tensor in list(head.parameters()) + list(head.buffers()):
+                torch.distributed.broadcast(tensor, src=0)
     if config.resume and resume_state is None:  # ranks other than 0
         resume_state = read_training_state(config.resume)
     model = maybe_compile(head, config.compile, device)
