@@ -1,13 +1,11 @@
 """One tiny trained checkpoint on a generated 4x4 Sudoku, shared by the evaluate and inference tests (built once
 per test session: pretrain.py in a subprocess, as a user runs it)."""
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, WANDB_MODE="disabled", DISABLE_COMPILE="1", HYDRA_FULL_ERROR="0")
+from tests.helpers import ENV, ROOT, build_sudoku4
+
 TINY_ARCH = ["arch.hidden_size=32", "arch.num_heads=2", "arch.expansion=2", "arch.puzzle_emb_ndim=32",
              "arch.H_cycles=2", "arch.L_cycles=1", "arch.halt_max_steps=4", "arch.forward_dtype=float32",
              "arch.mlp_t=True", "arch.pos_encodings=none"]
@@ -20,9 +18,7 @@ def tiny_checkpoint(tmp_path_factory) -> dict:
         return _CACHE
     base = tmp_path_factory.mktemp("tiny_run")
     data, run = base / "sudoku4", base / "run"
-    subprocess.run([sys.executable, "-m", "dataset.build_sudoku_dataset", "--output-dir", str(data), "--size", "4",
-                    "--generate", "100", "--generate-test", "40", "--num-aug", "3", "--seed", "1", "--workers", "1"],
-                   cwd=ROOT, check=True, capture_output=True, env=ENV)
+    build_sudoku4(data, n_train=100, n_test=40, num_aug=3)
     result = subprocess.run([sys.executable, str(ROOT / "pretrain.py"), f"data_paths=[{data}]", "evaluators=[{name: sudoku@Sudoku}]",
                              "global_batch_size=16", "epochs=2", "eval_interval=2", "lr=1e-3", "lr_warmup_steps=5",
                              "ema=True", "ema_rate=0.9", "device=cpu", f"+checkpoint_path={run}", *TINY_ARCH],

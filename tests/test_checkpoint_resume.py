@@ -22,6 +22,7 @@ from training.checkpoint import (atomic_torch_save, capture_rng, find_state_file
                                  remove_stale_temporaries, restore_carry, restore_rng, resumed_config, save_weights,
                                  to_plain)
 from training.config import ConfigError
+from tests.helpers import build_sudoku4
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, WANDB_MODE="disabled", DISABLE_COMPILE="1", HYDRA_FULL_ERROR="0", OMP_NUM_THREADS="1")
@@ -52,11 +53,7 @@ def files(run_dir: Path, prefix: str):
 
 @pytest.fixture(scope="module")
 def sudoku4(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "sudoku4"
-    subprocess.run([sys.executable, "-m", "dataset.build_sudoku_dataset", "--output-dir", str(out), "--size", "4",
-                    "--generate", "200", "--generate-test", "32", "--num-aug", "4", "--seed", "1", "--workers", "1"],
-                   cwd=ROOT, check=True, capture_output=True, env=ENV)
-    return out
+    return build_sudoku4(tmp_path_factory.mktemp("data") / "sudoku4", n_train=200, n_test=32, num_aug=4)
 
 
 @pytest.fixture(scope="module")

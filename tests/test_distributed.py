@@ -2,12 +2,12 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, build_sudoku4
+
 TINY = ["arch.hidden_size=32", "arch.num_heads=2", "arch.expansion=2", "arch.puzzle_emb_ndim=32", "arch.H_cycles=2",
         "arch.L_cycles=2", "arch.halt_max_steps=3", "arch.forward_dtype=float32",
         # exploration draws per-rank random numbers; without it the run is deterministic given the weights
@@ -16,11 +16,7 @@ TINY = ["arch.hidden_size=32", "arch.num_heads=2", "arch.expansion=2", "arch.puz
 
 @pytest.fixture(scope="module")
 def sudoku4(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "sudoku4"
-    subprocess.run([sys.executable, "-m", "dataset.build_sudoku_dataset", "--output-dir", str(out), "--size", "4",
-                    "--generate", "64", "--generate-test", "16", "--num-aug", "3", "--seed", "2"],
-                   cwd=ROOT, check=True, capture_output=True)
-    return out
+    return build_sudoku4(tmp_path_factory.mktemp("data") / "sudoku4", n_train=64, n_test=16, num_aug=3, seed=2)
 
 
 def train(nproc, data, ckpt, extra=()):

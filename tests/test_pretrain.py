@@ -1,9 +1,7 @@
 """pretrain.py end to end on CPU: a tiny run learns, the paper's command lines build, bad input fails early."""
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,25 +11,20 @@ from omegaconf import OmegaConf
 from dataset.common import PuzzleDatasetMetadata
 from training.builders import create_loss_head
 from training.config import validate_config
+from tests.helpers import ENV, ROOT, build_sudoku4
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY_ARCH = ["arch.hidden_size=32", "arch.num_heads=2", "arch.expansion=2", "arch.puzzle_emb_ndim=32",
              "arch.H_cycles=2", "arch.L_cycles=2", "arch.halt_max_steps=2", "arch.forward_dtype=float32"]
 
 
 def run_pretrain(args, cwd, timeout=600):
-    env = dict(os.environ, WANDB_MODE="disabled", DISABLE_COMPILE="1", HYDRA_FULL_ERROR="0")
-    return subprocess.run([sys.executable, str(ROOT / "pretrain.py"), *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, str(ROOT / "pretrain.py"), *args], cwd=cwd, env=ENV,
                           capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def sudoku4(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "sudoku4"
-    subprocess.run([sys.executable, "-m", "dataset.build_sudoku_dataset", "--output-dir", str(out), "--size", "4",
-                    "--generate", "200", "--generate-test", "32", "--num-aug", "4", "--seed", "1"],
-                   cwd=ROOT, check=True, capture_output=True)
-    return out
+    return build_sudoku4(tmp_path_factory.mktemp("data") / "sudoku4", n_train=200, n_test=32, num_aug=4)
 
 
 @pytest.mark.slow
