@@ -6,10 +6,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from dataset.build_arc_dataset import crop_sizes, grid_hash, inverse_augment_grid, parse_augment_name, to_grid
 from dataset.common import PuzzleDatasetMetadata
+from training.distributed import gather_to_rank0
 
 
 def vote(candidates: Sequence[Tuple[str, float]]) -> List[Tuple[str, int, float]]:
@@ -71,13 +71,8 @@ class ARC:
             self._votes.setdefault(name, {}).setdefault(grid_hash(grid_in), []).append((pred_hash, float(q_halt[i])))
 
     def result(self, save_path: Optional[str], rank: int, world_size: int, group=None) -> Optional[Dict[str, float]]:
-        local = (self._grids, self._votes)
-        if world_size > 1:
-            gathered = [None] * world_size if rank == 0 else None
-            dist.gather_object(local, gathered, dst=0, group=group)
-        else:
-            gathered = [local]
-        if rank != 0:
+        gathered = gather_to_rank0((self._grids, self._votes), rank, world_size, group)
+        if gathered is None:
             return None
 
         grids: Dict[str, np.ndarray] = {}

@@ -4,9 +4,9 @@ from typing import Dict, Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from evaluators.stats import accuracy_with_interval
+from training.distributed import gather_to_rank0
 
 IGNORE_LABEL_ID = -100  # what the loader turns the dataset's ignore_label_id into
 
@@ -37,14 +37,8 @@ class RowCheckEvaluator:
             self.valid += int(self.valid_rows(inputs, predictions).sum())
 
     def result(self, save_path: Optional[str], rank: int, world_size: int, group=None) -> Optional[Dict[str, float]]:
-        counts = (self.count, self.exact, self.valid)
-        if world_size > 1:
-            gathered = [None] * world_size if rank == 0 else None
-            # gather_object rather than all_reduce on a CPU tensor: it also works when the group is NCCL-only.
-            dist.gather_object(counts, gathered, dst=0, group=group)
-        else:
-            gathered = [counts]
-        if rank != 0:
+        gathered = gather_to_rank0((self.count, self.exact, self.valid), rank, world_size, group)
+        if gathered is None:
             return None
         count, exact, valid = (sum(column) for column in zip(*gathered))
         return {**accuracy_with_interval(f"{self.name}/exact_accuracy", exact, count),

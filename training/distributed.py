@@ -44,3 +44,13 @@ def init_distributed(device_request: str) -> DistInfo:
 def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def gather_to_rank0(obj, rank: int, world_size: int, group=None) -> Optional[list]:
+    """Every rank's `obj` as a list on rank 0 (None elsewhere). gather_object rather than a tensor collective:
+    evaluators hold Python objects, and it also works over a Gloo group beside NCCL."""
+    if world_size <= 1:
+        return [obj]
+    gathered = [None] * world_size if rank == 0 else None
+    dist.gather_object(obj, gathered, dst=0, group=group)
+    return gathered if rank == 0 else None
