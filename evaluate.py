@@ -2,7 +2,8 @@
 [halt=fixed|adaptive|both] [halt_threshold=0.5] [visualize=N]`; also under `torchrun --nproc-per-node N`.
 
 Writes eval_results.json (per set and mode: accuracy, exact accuracy with its Wilson interval, mean steps, the
-evaluators' results such as pass@K) into output_dir, and with visualize=N the reasoning of N puzzles as PNG/GIF."""
+evaluators' results such as pass@K) into output_dir, and with visualize=N the reasoning of N puzzles as PNG/GIF.
+Language-model runs (arch=trm_lm) also get the held-out mean token loss and perplexity, both token-weighted."""
 import json
 import math
 import os
@@ -21,6 +22,7 @@ from evaluators.stats import add_wilson_intervals
 from inference.halting import AdaptiveHalting
 from inference.loading import (InputError, LoadedCheckpoint, find_weights, guess_kind, load_checkpoint, load_run_config,
                                run_hints, step_of, test_split_paths)
+from models.lm import ARCH_NAME as LM_ARCH_NAME
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
 from training.builders import create_evaluators
 from training.config import ConfigError, EvaluatorConfig, format_validation_error
@@ -109,7 +111,21 @@ def with_intervals(results: Dict[str, Any], evaluators: List[Any]) -> Dict[str, 
     return out
 
 
+def format_lm_results(results: Dict[str, Dict[str, Any]]) -> List[str]:
+    """Language-model sets: held-out mean token loss and perplexity (token-weighted)."""
+    lines = [f"{'set':<12} {'mean token loss':>15} {'perplexity':>12} {'token acc':>9} {'tokens':>10}"]
+    for per_mode in results.values():
+        for name, value in per_mode.items():
+            if isinstance(value, dict) and "perplexity" in value:
+                lines.append(f"{name:<12} {value['token_loss']:>15.4f} {value['perplexity']:>12.2f} {value['accuracy']:>9.4f} "
+                             f"{int(value['tokens']):>10}")
+    return lines if len(lines) > 1 else []
+
+
 def format_results(results: Dict[str, Dict[str, Any]]) -> str:
+    lm_lines = format_lm_results(results)
+    if lm_lines:
+        return "\n".join(lm_lines)
     lines = [f"{'set':<12} {'halt':<9} {'exact accuracy [95% CI]':<27} {'token acc':>9} {'mean steps':>10} {'puzzles':>8}"]
     for mode, per_mode in results.items():
         for name, value in per_mode.items():
@@ -179,6 +195,9 @@ def run(options: EvaluateConfig, dist_info: DistInfo) -> Optional[Dict[str, Any]
         arch = options.arch
     elif options.arch is not None and dist_info.is_main:
         print(f"note: using the arch saved in {weights.parent / 'all_config.yaml'}; arch=... is for bare weights files")
+    if (arch or run_config.get("arch") or {}).get("name") == LM_ARCH_NAME and (options.halt != "fixed" or options.visualize):
+        raise ConfigError("halt=adaptive/both and visualize are for puzzle models with a Q-head: evaluate a trm_lm run "
+                          "with the defaults (it reports held-out perplexity)")
     data_paths = options.data_paths or test_split_paths(run_config)
     if not data_paths:
         raise InputError("no dataset: give data_paths=[<dataset directory>]")

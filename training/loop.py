@@ -1,5 +1,6 @@
 """One training step and one evaluation pass (SPEC §5, §6), shared by pretrain.py and evaluate.py."""
 import itertools
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -140,9 +141,10 @@ def evaluate(head: nn.Module, eval_loader, eval_metadata, evaluators: List[Any],
             for set_name, set_id in set_ids.items():
                 per_set = dict(zip(metric_keys, values[set_id]))
                 count = per_set.pop("count", 0.0)
+                token_metrics = token_perplexity(per_set)
                 if count > 0:
                     reduced[set_name] = {k: v / count for k, v in per_set.items()}
-                    reduced[set_name]["count"] = count
+                    reduced[set_name].update(token_metrics, count=count)
 
     for evaluator in evaluators:
         evaluator_dir = None
@@ -155,10 +157,23 @@ def evaluate(head: nn.Module, eval_loader, eval_metadata, evaluators: List[Any],
     return reduced if dist_info.is_main else None
 
 
+def token_perplexity(sums: Dict[str, float]) -> Dict[str, float]:
+    """Language models report summed token losses (`token_nll`) and token counts (`tokens`); both leave `sums`
+    and come back as the token-weighted mean loss and its exponential, the perplexity."""
+    nll, tokens = sums.pop("token_nll", None), sums.pop("tokens", None)
+    if nll is None or not tokens:
+        return {}
+    mean = nll / tokens
+    return {"token_loss": mean, "perplexity": math.exp(mean) if mean < 700 else math.inf, "tokens": tokens}
+
+
 def eval_summary_line(step: int, metrics: Dict[str, Any]) -> str:
     parts = []
     for set_name, values in metrics.items():
-        if isinstance(values, dict):
+        if isinstance(values, dict) and "perplexity" in values:
+            parts.append(f"{set_name}: loss {values['token_loss']:.4f} ppl {values['perplexity']:.2f} "
+                         f"acc {values.get('accuracy', float('nan')):.4f}")
+        elif isinstance(values, dict):
             parts.append(f"{set_name}: exact {values.get('exact_accuracy', float('nan')):.4f} "
                          f"acc {values.get('accuracy', float('nan')):.4f} steps {values.get('steps', float('nan')):.2f}")
         elif "_ci_" not in set_name and not set_name.endswith("/count"):
@@ -167,7 +182,8 @@ def eval_summary_line(step: int, metrics: Dict[str, Any]) -> str:
 
 
 def final_summary_line(step: int, seconds: float, metrics: Dict[str, Any]) -> str:
-    held_out = [f"{name} {values['exact_accuracy']:.1%} exact ({int(values['count'])} puzzles)"
+    held_out = [f"{name} perplexity {values['perplexity']:.2f} ({int(values['tokens'])} tokens)" if "perplexity" in values
+                else f"{name} {values['exact_accuracy']:.1%} exact ({int(values['count'])} puzzles)"
                 for name, values in metrics.items() if isinstance(values, dict) and "exact_accuracy" in values]
     result = "held-out " + ", ".join(held_out) if held_out else "no evaluation ran"
     return f"Done: {step} steps in {seconds / 60:.1f} min; {result}"

@@ -15,14 +15,15 @@ from omegaconf import OmegaConf
 
 from dataset.common import read_metadata
 from dataset.build_text_dataset import TOKENIZER_FILES
+from inference.loading import InputError, find_weights
 from models.checkpoint_io import read_state_dict, strip_compiled_prefix
+from models.lm import ARCH_NAME
 
 PACKAGE = Path(__file__).resolve().parent
 MODELS = PACKAGE.parent
 # Files shipped with the model; our absolute imports become relative ones inside the exported directory.
 CODE_FILES = {"configuration_trm_lm.py": PACKAGE / "configuration_trm_lm.py", "modeling_trm_lm.py": PACKAGE / "modeling_trm_lm.py",
               "core.py": PACKAGE / "core.py", "layers.py": MODELS / "layers.py", "common.py": MODELS / "common.py"}
-ARCH_NAME = "recursive_reasoning.trm_lm@TRMLanguageModel"
 DECODER_PREFIX = "model.decoder."
 
 
@@ -36,8 +37,6 @@ def relative_imports(source: str) -> str:
 
 def read_run(checkpoint: Path):
     """-> (arch dict, dataset dir) from the all_config.yaml beside the weights file."""
-    if not checkpoint.is_file():
-        raise ExportError(f"checkpoint '{checkpoint}' not found: give a weights file such as <checkpoint_path>/step_<N>")
     config_path = checkpoint.parent / "all_config.yaml"
     if not config_path.is_file():
         raise ExportError(f"{config_path} not found: export a step_<N> file from a pretrain.py run directory")
@@ -97,25 +96,32 @@ print(tokenizer.decode(model.generate(**inputs, max_new_tokens=40, do_sample=Tru
 """
 
 
+def hf_model_from_checkpoint(checkpoint) -> tuple:
+    """A weights file or run directory -> (TRMLMForCausalLM holding its weights in float32, the dataset directory),
+    the same model the exported directory loads as."""
+    from models.lm.modeling_trm_lm import TRMLMForCausalLM
+
+    weights = find_weights(checkpoint)
+    arch, data_dir = read_run(weights)
+    metadata = read_metadata(data_dir / "train")
+    model = TRMLMForCausalLM(hf_config(arch, metadata.vocab_size, metadata.seq_len, data_dir / "tokenizer"))
+    state = {k.removeprefix(DECODER_PREFIX): v for k, v in strip_compiled_prefix(read_state_dict(str(weights))).items()}
+    try:
+        model.decoder.load_state_dict(state)
+    except RuntimeError as e:
+        raise ExportError(f"{weights} does not match its all_config.yaml: {str(e).splitlines()[0]}") from None
+    return model.eval(), data_dir
+
+
 def export(checkpoint: str, out_dir: str) -> dict:
     """Write the model directory; -> the parameter breakdown."""
     from safetensors.torch import save_file
     from transformers import GenerationConfig
-    from models.lm.core import RecursiveDecoder, parameter_breakdown
+    from models.lm.core import parameter_breakdown
 
-    checkpoint, out = Path(checkpoint), Path(out_dir)
-    arch, data_dir = read_run(checkpoint)
-    metadata = read_metadata(data_dir / "train")
-    config = hf_config(arch, metadata.vocab_size, metadata.seq_len, data_dir / "tokenizer")
-    state = {k.removeprefix(DECODER_PREFIX): v for k, v in strip_compiled_prefix(read_state_dict(str(checkpoint))).items()}
-    decoder = RecursiveDecoder(vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_heads=config.num_heads,
-                               num_layers=config.num_layers, num_loops=config.num_loops, expansion=config.expansion,
-                               max_position_embeddings=config.max_position_embeddings, rope_theta=config.rope_theta,
-                               tie_word_embeddings=config.tie_embeddings, rms_norm_eps=config.rms_norm_eps)
-    try:
-        decoder.load_state_dict(state)
-    except RuntimeError as e:
-        raise ExportError(f"checkpoint does not match its all_config.yaml: {str(e).splitlines()[0]}") from None
+    out = Path(out_dir)
+    model, data_dir = hf_model_from_checkpoint(checkpoint)
+    config, decoder = model.config, model.decoder
     breakdown = parameter_breakdown(decoder)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -134,12 +140,12 @@ def export(checkpoint: str, out_dir: str) -> dict:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a trm_lm weights file <checkpoint_path>/step_<N>")
+    p.add_argument("checkpoint", help="a trm_lm weights file <checkpoint_path>/step_<N>, or its run directory (newest step)")
     p.add_argument("out_dir")
     args = p.parse_args(argv)
     try:
         breakdown = export(args.checkpoint, args.out_dir)
-    except (ExportError, FileNotFoundError) as e:
+    except (ExportError, InputError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(f"Exported to {args.out_dir}\n"

@@ -40,6 +40,10 @@ class TRMLMForCausalLM(PreTrainedModel, GenerationMixin):
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def forward(self, input_ids, attention_mask=None, labels=None, **kwargs):
+        if input_ids.shape[1] > self.config.max_position_embeddings:
+            # RoPE tables end at the training context; past it the shapes would fail deep inside attention.
+            raise ValueError(f"{input_ids.shape[1]} tokens exceed the model's context of {self.config.max_position_embeddings}: "
+                             f"shorten the prompt or max_new_tokens")
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None  # nothing to mask: the plain causal kernel
         logits = self.decoder(input_ids, attention_mask)

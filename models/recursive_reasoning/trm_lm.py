@@ -69,7 +69,8 @@ class TRMLanguageModel(nn.Module):
 
 
 class LMLossHead(nn.Module):
-    """Next-token cross-entropy, mean over a row's tokens and summed over rows (the ACT head's convention)."""
+    """Next-token cross-entropy, mean over a row's tokens and summed over rows (the ACT head's convention).
+    In eval mode the metrics also hold `token_nll` and `tokens` (sums), from which evaluation reports perplexity."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -96,5 +97,9 @@ class LMLossHead(nn.Module):
                        "exact_accuracy": (valid & (correct.sum(-1) == counts)).sum(),
                        "steps": torch.where(valid, new_carry.steps, 0).sum(),
                        "lm_loss": lm_loss.detach()}
+            if not self.training:
+                # Held-out perplexity weighs every token alike, so evaluation reduces the sums, not per-row means.
+                metrics["token_nll"] = token_loss.sum()
+                metrics["tokens"] = counts.sum()
         detached = {k: outputs[k].detach() for k in return_keys if k in outputs}
         return new_carry, lm_loss, metrics, detached, new_carry.halted.all()
