@@ -5,12 +5,15 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dataset import build_text_dataset
 from dataset.common import DatasetError, read_metadata, read_set
 from models.layers import swiglu_hidden_width
 from models.lm.core import RecursiveDecoder, padded_causal_mask, parameter_breakdown
 from models.lm.decode import greedy_decode
+from models.recursive_reasoning.trm_lm import LMLossHead, TRMLanguageModel
+from training.loop import eval_summary_line, final_summary_line, token_perplexity
 from tests._tiny_lm import HIDDEN, SEQ_LEN, VOCAB, build_text, last_step, load_decoder, metrics, pretrain
 
 transformers = pytest.importorskip("transformers")
@@ -77,6 +80,41 @@ def test_parameter_breakdown_by_hand(tied):
                                             "total": core + 100 * 32 * (1 if tied else 2)}
 
 
+def test_parameter_breakdown_at_the_issue_size():
+    """3 layers x 8 loops, hidden 512, 8 heads, context 1024, GPT-2's 50,257 tokens (the README's figures)."""
+    with torch.device("meta"):
+        tied, untied = (RecursiveDecoder(vocab_size=50257, hidden_size=512, num_heads=8, num_layers=3, num_loops=8,
+                                         expansion=2, max_position_embeddings=1024, tie_word_embeddings=tie)
+                        for tie in (True, False))
+    assert parameter_breakdown(tied) == {"core": 6_684_672, "vocabulary": 25_731_584, "total": 32_416_256}
+    assert parameter_breakdown(untied)["vocabulary"] == 2 * 25_731_584
+
+
+def test_perplexity_weighs_tokens_not_rows():
+    torch.manual_seed(0)
+    head = LMLossHead(TRMLanguageModel(dict(vocab_size=20, seq_len=6, hidden_size=16, num_heads=2, num_layers=1,
+                                            num_loops=2, expansion=2, forward_dtype="float32"))).eval()
+    inputs = torch.randint(1, 20, (3, 6), dtype=torch.int32)
+    labels = torch.randint(1, 20, (3, 6), dtype=torch.int32)
+    labels[0, 1:] = -100  # one token in the first row, six in the others
+    labels[2] = -100      # a padding row of the test iterator
+    batch = {"inputs": inputs, "labels": labels, "puzzle_identifiers": torch.zeros(3, dtype=torch.int32)}
+    with torch.no_grad():
+        _, _, metrics, outputs, _ = head(carry=head.initial_carry(batch), batch=batch, return_keys=["logits"])
+    token_nll = F.cross_entropy(outputs["logits"].flatten(0, 1), labels.long().flatten(), ignore_index=-100,
+                                reduction="none").view(3, 6)
+    sums = {k: float(v) for k, v in metrics.items()}
+    reduced = token_perplexity(sums)
+    assert reduced["tokens"] == 7 and "token_nll" not in sums and "tokens" not in sums
+    assert reduced["token_loss"] == pytest.approx(float(token_nll.sum() / 7), rel=1e-6)
+    assert reduced["token_loss"] != pytest.approx(float(metrics["lm_loss"] / metrics["count"]), rel=1e-3), "not a row mean"
+    assert reduced["perplexity"] == pytest.approx(np.exp(reduced["token_loss"]))
+    assert "token_nll" not in head.train()(carry=head.initial_carry(batch), batch=batch)[2], "training logs stay as they were"
+    line = eval_summary_line(7, {"all": {**reduced, "accuracy": 0.5}})
+    assert f"ppl {reduced['perplexity']:.2f}" in line
+    assert "perplexity" in final_summary_line(7, 60.0, {"all": {**reduced, "exact_accuracy": 0.0, "count": 2}})
+
+
 def test_loops_reuse_the_same_layers():
     torch.manual_seed(0)
     once = RecursiveDecoder(vocab_size=50, hidden_size=16, num_heads=2, num_layers=1, num_loops=1, expansion=2,
@@ -119,6 +157,19 @@ def test_export_directory_and_breakdown(trained):
     assert vocabulary == VOCAB * HIDDEN
     card = (out / "README.md").read_text()
     assert f"{trained['breakdown']['core']:,}" in card and f"{trained['breakdown']['vocabulary']:,}" in card
+
+
+def test_export_command_prints_the_breakdown_and_refuses_bad_paths(trained, capsys, tmp_path):
+    from models.lm import export
+    export.main([str(trained["run"]), str(tmp_path / "out")])  # a run directory: its newest step
+    printed = capsys.readouterr().out
+    for part in ("core", "vocabulary", "total"):
+        assert f"{trained['breakdown'][part]:,}" in printed, part
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == (trained["exported"] / "model.safetensors").read_bytes()
+    with pytest.raises(SystemExit) as stop:
+        export.main([str(tmp_path / "missing"), str(tmp_path / "out2")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "not found" in err
 
 
 def test_transformers_greedy_generate_matches_our_decoding(trained, hf):
