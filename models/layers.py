@@ -97,12 +97,51 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, width))
 
 
+def silu_mul_backward(d_act: torch.Tensor, gate: torch.Tensor, up: torch.Tensor):
+    """Gradients of act = silu(gate) * up: (d_gate, d_up), and act itself (recomputed rather than stored)."""
+    sig = torch.sigmoid(gate)
+    silu = gate * sig
+    d_gate = d_act * up * (sig * (1 + gate * (1 - sig)))
+    return d_gate, d_act * silu, silu * up
+
+
+class SequenceSwiGLUFunction(torch.autograd.Function):
+    """down @ (silu(gate) * up) with [gate; up] = gate_up @ x[b], mixing the positions of each x[b] [S, D].
+
+    Every product is an explicit bmm over the batch in the activations' own [B, S, D] layout: autograd's (and
+    Inductor's) default for a 2-D @ 3-D matmul folds the batch into one GEMM by transposing a [B, 2H, D]
+    gradient, a copy as large as the layer's biggest activation. Only gate_up is stored; act is recomputed."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        gate_up = torch.bmm(w_gate_up.expand(batch, -1, -1), x)          # [B, 2H, D]
+        gate, up = gate_up.chunk(2, dim=1)
+        ctx.save_for_backward(x, w_gate_up, w_down, gate_up)
+        return torch.bmm(w_down.expand(batch, -1, -1), F.silu(gate) * up)
+
+    @staticmethod
+    def backward(ctx, d_out: torch.Tensor):
+        x, w_gate_up, w_down, gate_up = ctx.saved_tensors
+        batch = x.shape[0]
+        gate, up = gate_up.chunk(2, dim=1)
+        d_act = torch.bmm(w_down.t().expand(batch, -1, -1), d_out)
+        d_gate, d_up, act = silu_mul_backward(d_act, gate, up)
+        d_gate_up = torch.cat((d_gate, d_up), dim=1)
+        d_w_down = torch.bmm(d_out, act.transpose(1, 2)).sum(0)
+        d_w_gate_up = torch.bmm(d_gate_up, x.transpose(1, 2)).sum(0)
+        d_x = torch.bmm(w_gate_up.t().expand(batch, -1, -1), d_gate_up)
+        return d_x, d_w_gate_up, d_w_down
+
+
 class SwiGLU(nn.Module):
     """down(silu(gate) * up) over `width` features; `axis=1` mixes along the sequence of a [B, S, D] input
     (the mlp_t token mixer) without transposing it."""
 
     def __init__(self, width: int, expansion: float, axis: int = -1):
         super().__init__()
+        if axis not in (-1, 1):
+            raise ValueError(f"SwiGLU axis={axis}: use -1 (features) or 1 (sequence positions)")
         self.axis = axis
         hidden = swiglu_hidden_width(width, expansion)
         self.gate_up_proj = CastedLinear(width, 2 * hidden, bias=False)
@@ -112,6 +151,5 @@ class SwiGLU(nn.Module):
         if self.axis == -1:
             gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
             return self.down_proj(F.silu(gate) * up)
-        # [2H, S] @ [B, S, D] -> [B, 2H, D]: the same maths as the reference's transpose-linear-transpose.
-        gate, up = torch.matmul(self.gate_up_proj.weight.to(x.dtype), x).chunk(2, dim=1)
-        return torch.matmul(self.down_proj.weight.to(x.dtype), F.silu(gate) * up)
+        # The same maths as the reference's transpose -> linear -> transpose, without the transposes.
+        return SequenceSwiGLUFunction.apply(x, self.gate_up_proj.weight.to(x.dtype), self.down_proj.weight.to(x.dtype))

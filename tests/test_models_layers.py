@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from models.common import trunc_normal_init_, truncated_normal_std
-from models.layers import (Attention, CastedEmbedding, CastedLinear, RotaryEmbedding, SwiGLU, apply_rotary_pos_emb,
-                           rms_norm, swiglu_hidden_width)
+from models.layers import (Attention, CastedEmbedding, CastedLinear, RotaryEmbedding, SequenceSwiGLUFunction, SwiGLU,
+                           apply_rotary_pos_emb, rms_norm, silu_mul_backward, swiglu_hidden_width)
 
 
 def test_truncated_normal_has_the_requested_std_and_stays_within_two_std():
@@ -91,3 +91,32 @@ def test_attention_is_noncausal_multi_head_softmax_attention():
     torch.testing.assert_close(attn(None, h), expected)
     with pytest.raises(ValueError, match="hidden_size=10 must be divisible by num_heads=4"):
         Attention(10, 4)
+
+
+def test_sequence_swiglu_gradients_equal_autograd_of_the_plain_form():
+    torch.manual_seed(0)
+    seq_mlp = SwiGLU(5, 2, axis=1)
+    x = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
+    W1 = seq_mlp.gate_up_proj.weight.detach().double().requires_grad_()
+    W2 = seq_mlp.down_proj.weight.detach().double().requires_grad_()
+    d_out = torch.randn(3, 5, 4, dtype=torch.float64)
+
+    gate, up = torch.matmul(W1, x).chunk(2, dim=1)
+    expected = torch.matmul(W2, F.silu(gate) * up)
+    expected_grads = torch.autograd.grad(expected, (x, W1, W2), d_out)
+
+    out = SequenceSwiGLUFunction.apply(x, W1, W2)
+    torch.testing.assert_close(out, expected)
+    for got, want in zip(torch.autograd.grad(out, (x, W1, W2), d_out), expected_grads):
+        torch.testing.assert_close(got, want)
+    torch.autograd.gradcheck(SequenceSwiGLUFunction.apply, (x[:1, :, :2].detach().requires_grad_(), W1, W2))
+
+
+def test_silu_mul_backward_hand_values():
+    gate, up, d_act = torch.tensor([0.0, 1.0]), torch.tensor([2.0, 3.0]), torch.tensor([1.0, 1.0])
+    d_gate, d_up, act = silu_mul_backward(d_act, gate, up)
+    s1 = 1 / (1 + math.exp(-1.0))
+    # silu'(0) = 1/2; silu'(1) = s(1) * (1 + 1 - s(1))
+    torch.testing.assert_close(d_gate, torch.tensor([2 * 0.5, 3 * s1 * (2 - s1)]))
+    torch.testing.assert_close(d_up, torch.tensor([0.0, s1]))
+    torch.testing.assert_close(act, torch.tensor([0.0, 3 * s1]))
