@@ -11,6 +11,7 @@ import tqdm
 from omegaconf import DictConfig, OmegaConf
 
 from models.ema import EMAHelper
+from training.budget import CLOCKS, TrainingClock
 from training.builders import (copy_run_files, create_dataloader, create_evaluators, create_loss_head,
                                create_optimizers, ensure_dataset)
 from training.checkpoint import Checkpointer, load_weights_file, prepare_resume, read_training_state, rewind_metrics
@@ -127,9 +128,32 @@ def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
     start_time = time.time()
     progress = tqdm.tqdm(total=state.total_steps, initial=state.step, disable=not dist_info.is_main, dynamic_ncols=True)
     last_eval = {}
+    clock = TrainingClock(config.max_train_seconds, config.eval_every_seconds, dist_info, now=CLOCKS[config.budget_clock])
+
+    def evaluate_and_log():
+        nonlocal last_eval
+        clock.pause()
+        eval_head = ema.ema_copy(head) if ema is not None else head
+        eval_head.eval()
+        eval_metrics = evaluate(eval_head, eval_loader, eval_metadata, evaluators, dist_info, device,
+                                save_outputs=config.eval_save_outputs, save_dir=config.checkpoint_path,
+                                step=state.step, max_batches=config.eval_max_batches)
+        if dist_info.is_main:
+            timing = {"time/train_seconds": clock.elapsed} if config.max_train_seconds else {}  # accuracy-vs-time curves
+            tracker.log({**eval_metrics, **timing}, step=state.step)
+            if tracker.run is not None and reasoning_kind is not None:
+                _, first_batch, _ = next(iter(eval_loader))
+                tracker.log_images(reasoning_images(eval_head, first_batch, reasoning_kind, n=4), step=state.step)
+            progress.write(eval_summary_line(state.step, eval_metrics))
+            last_eval = eval_metrics
+        del eval_head
+        model.train()
+        clock.resume()
+
     stop = GracefulStop(dist_info).install()  # SIGTERM/SIGINT: finish the step, save, exit
     for iter_id in range(start_iter, total_iters):
         model.train()
+        clock.resume()
         for _, batch, global_batch_size in train_loader:
             if state.step >= state.total_steps:
                 break
@@ -145,31 +169,29 @@ def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
                                      exact=f"{metrics.get('train/exact_accuracy', float('nan')):.3f}")
             progress.update(1)
             if stop.requested() or checkpointer.due(state.step):
+                clock.pause()
                 save_checkpoint(next_iter=iter_id)
+                clock.resume()
             if stop.stopping:
                 break
+            if clock.check() and eval_loader is not None:
+                evaluate_and_log()
+            if clock.out_of_time:
+                break
+        clock.pause()
         if stop.stopping:
             break
 
-        if iter_id < (config.min_eval_interval or 0) or eval_loader is None:
-            save_checkpoint(next_iter=iter_id + 1, keep_weights=iter_id == total_iters - 1)
-            continue
-        eval_head = ema.ema_copy(head) if ema is not None else head
-        eval_head.eval()
-        eval_metrics = evaluate(eval_head, eval_loader, eval_metadata, evaluators, dist_info, device,
-                                save_outputs=config.eval_save_outputs, save_dir=config.checkpoint_path,
-                                step=state.step, max_batches=config.eval_max_batches)
-        if dist_info.is_main:
-            tracker.log(eval_metrics, step=state.step)
-            if tracker.run is not None and reasoning_kind is not None:
-                _, first_batch, _ = next(iter(eval_loader))
-                tracker.log_images(reasoning_images(eval_head, first_batch, reasoning_kind, n=4), step=state.step)
-            progress.write(eval_summary_line(state.step, eval_metrics))
-            last_eval = eval_metrics
-        if eval_head is not head:
-            del eval_head
-        save_checkpoint(next_iter=iter_id + 1, keep_weights=config.checkpoint_every_eval or iter_id == total_iters - 1)
-        if stop.requested():
+        # A spent time budget ends the run as the last pass would: evaluate, keep the weights, nothing left to resume.
+        last_pass = iter_id == total_iters - 1 or clock.out_of_time
+        next_iter = total_iters if clock.out_of_time else iter_id + 1
+        if (iter_id < (config.min_eval_interval or 0) and not clock.out_of_time) or eval_loader is None:
+            save_checkpoint(next_iter=next_iter, keep_weights=last_pass)
+        else:
+            evaluate_and_log()
+            clock.pause()
+            save_checkpoint(next_iter=next_iter, keep_weights=config.checkpoint_every_eval or last_pass)
+        if clock.out_of_time or stop.requested():
             break
 
     stop.restore()
@@ -177,7 +199,8 @@ def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
     if tracker is not None:
         tracker.finish()
         print(f"Stopped by {stop.name} at step {state.step}, checkpoint saved; continue with resume={config.checkpoint_path}"
-              if stop.stopping else final_summary_line(state.step, time.time() - start_time, last_eval))
+              if stop.stopping else final_summary_line(state.step, time.time() - start_time, last_eval)
+              + (f" (time budget of {config.max_train_seconds:g} s reached)" if clock.out_of_time else ""))
     if stop.stopping:
         raise SystemExit(stop.exit_code)
     return last_eval

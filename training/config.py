@@ -40,6 +40,7 @@ class DataBuildConfig(_Strict):
 class WandbConfig(_Strict):
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
     entity: Optional[str] = None
+    group: Optional[str] = None   # runs of one group are shown together (e.g. the seeds of one study model)
     tags: List[str] = []
 
 
@@ -78,6 +79,9 @@ class PretrainConfig(_Strict):
     compile: Optional[bool] = None
     grad_clip: Optional[pydantic.PositiveFloat] = None
     eval_max_batches: Optional[pydantic.PositiveInt] = None
+    max_train_seconds: Optional[pydantic.PositiveFloat] = None
+    eval_every_seconds: Optional[pydantic.PositiveFloat] = None
+    budget_clock: Literal["wall", "process"] = "wall"
     wandb: WandbConfig = WandbConfig()
 
     project_name: Optional[str] = None
@@ -91,6 +95,8 @@ class PretrainConfig(_Strict):
             raise ValueError("data_paths is empty; give at least one dataset directory, e.g. data_paths=\"[data/sudoku6-quick]\"")
         if self.eval_interval is not None and self.epochs % self.eval_interval != 0:
             raise ValueError(f"eval_interval={self.eval_interval} must divide epochs={self.epochs}")
+        if self.eval_every_seconds is not None and self.max_train_seconds is None:
+            raise ValueError("eval_every_seconds needs a time budget: set max_train_seconds=... too, or eval_every_seconds=null")
         return self
 
     def fill_defaults(self) -> "PretrainConfig":

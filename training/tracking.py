@@ -48,7 +48,7 @@ class Tracker:
         self.run = None
         if self.mode != "disabled":
             import wandb
-            kwargs = dict(project=config.project_name, name=config.run_name, entity=config.wandb.entity,
+            kwargs = dict(project=config.project_name, name=config.run_name, entity=config.wandb.entity, group=config.wandb.group,
                           tags=config.wandb.tags, dir=run_dir, config=config.model_dump(),
                           id=run_id, resume="allow" if run_id else None,
                           settings=wandb.Settings(silent=True, init_timeout=60))

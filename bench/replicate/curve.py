@@ -1,0 +1,37 @@
+"""Held-out exact accuracy if the model were stopped after k = 1..halt_max_steps supervision steps, from one
+reference evaluation pass (training.loop.evaluate with a batch runner that reports every step as its own set)."""
+from types import SimpleNamespace
+from typing import List
+
+import torch
+
+from inference.halting import halted_row_metrics
+from training.distributed import DistInfo
+from training.loop import evaluate, to_device
+
+
+def step_set(k: int) -> str:
+    return f"step_{k}"
+
+
+def every_step_runner(max_steps: int):
+    """A batch runner for training.loop.evaluate: each test batch runs max_steps ACT steps (as the reference
+    evaluation does) and the answer after step k is scored under the set `step_k`."""
+    def run(head, batches, return_keys, device):
+        keys = sorted(set(return_keys) | {"preds", "q_halt_logits"})
+        for _, batch, _ in batches:
+            batch = to_device(batch, device)
+            with torch.device(device):
+                carry = head.initial_carry(batch)
+            for k in range(1, max_steps + 1):
+                carry, _, _, outputs, _ = head(carry=carry, batch=batch, return_keys=keys)
+                yield step_set(k), batch, halted_row_metrics(outputs["preds"], batch["labels"],
+                                                             outputs["q_halt_logits"], carry.steps), outputs
+    return run
+
+
+def accuracy_per_step(head, loader, max_steps: int, device: torch.device) -> List[float]:
+    """[exact accuracy after 1 step, after 2 steps, ...]; the last equals the reference evaluation's."""
+    metadata = SimpleNamespace(sets=[step_set(k) for k in range(1, max_steps + 1)])
+    results = evaluate(head, loader, metadata, [], DistInfo(), device, batch_runner=every_step_runner(max_steps))
+    return [results[step_set(k)]["exact_accuracy"] for k in range(1, max_steps + 1)]
