@@ -1,0 +1,279 @@
+"""Training and inference throughput, analytic model FLOPs and MFU of TRM configurations on this machine.
+
+    python -m bench.mfu                                         # sudoku_mlp, arc_att, quickstart
+    python -m bench.mfu --case sudoku_mlp --compile off         # eager
+    python -m bench.mfu --case quickstart --checkpoint checkpoints/Sudoku6-quick-ACT-torch/<run>/step_1000
+
+Each case runs in a process of its own (so its peak memory is its own): the model comes from the experiment's
+YAML, `--steps` real training steps (loss head, AdamATan2 + sign-SGD, ACT carry, LR schedule) run on batches that
+the real loader draws from a synthetic dataset of the task's shape, then inference with fixed and adaptive
+halting. The peak is the best rate of large square matrix products measured in the same process, device and
+dtype; MFU = (analytic model FLOPs per step / step time) / peak. Prints a table and the results as JSON."""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Case:
+    experiment: str
+    batch_size: int
+    seq_len: int
+    vocab_size: int
+    note: str
+
+
+CASES: Dict[str, Case] = {
+    "sudoku_mlp": Case("sudoku_mlp", 32, 81, 11, "TRM-MLP, Sudoku paper size (hidden 512, H3 x L6)"),
+    "arc_att": Case("arc1", 8, 900, 12, "TRM attention, ARC paper size (hidden 512, H3 x L4, 30x30 grids)"),
+    "quickstart": Case("quickstart", 128, 36, 8, "the README quickstart (hidden 128, 6x6 Sudoku)"),
+}
+NUM_PUZZLE_IDS = 1000   # rows of the synthetic puzzle-embedding table (only the batch's rows are touched)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, sizes=(1024, 2048, 4096), reps: int = 5) -> float:
+    """Best FLOP/s of n x n x n products (output preallocated): what the matrix units deliver at best here."""
+    best = 0.0
+    for n in sizes:
+        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+        out = torch.empty(n, n, device=device, dtype=dtype)
+        for _ in range(2):
+            torch.mm(a, b, out=out)
+        for _ in range(reps):
+            synchronize(device)
+            start = time.perf_counter()
+            torch.mm(a, b, out=out)
+            synchronize(device)
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - start))
+    return best
+
+
+def write_synthetic_dataset(path: Path, case: Case, train_examples: int, test_examples: int, seed: int = 0) -> None:
+    """Random tokens of the task's shape, one example per puzzle and group (the Sudoku/Maze layout)."""
+    from dataset.common import single_example_layout, single_set_metadata, write_identifiers, write_split
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", train_examples), ("test", test_examples)):
+        layout = single_example_layout(count, 1)
+        layout["puzzle_identifiers"] = rng.integers(1, NUM_PUZZLE_IDS, count, dtype=np.int32)
+        tokens = lambda: rng.integers(1, case.vocab_size, (count, case.seq_len), dtype=np.uint8)
+        metadata = single_set_metadata(case.seq_len, case.vocab_size, count, 1).model_copy(
+            update={"num_puzzle_identifiers": NUM_PUZZLE_IDS})
+        write_split(path / split, metadata, {"all": {"inputs": tokens(), "labels": tokens(), **layout}})
+    write_identifiers(path)
+
+
+def compose_config(case: Case, data_path: Path, overrides: List[str]):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from training.config import validate_config
+    with initialize_config_dir(config_dir=str(ROOT / "config"), version_base=None):
+        cfg = compose("cfg_pretrain", overrides=[f"+experiment={case.experiment}", f"global_batch_size={case.batch_size}",
+                                                 f"data_paths=[{data_path}]", "data_build=null", "evaluators=[]",
+                                                 "ema=False", *overrides])
+    return validate_config(OmegaConf.to_container(cfg, resolve=True)).fill_defaults()
+
+
+def trm_shape(model_config, case: Case):
+    from bench.flops import TRMShape
+    c = model_config
+    emb_len = c.puzzle_emb_len or -(c.puzzle_emb_ndim // -c.hidden_size)
+    return TRMShape(batch_size=case.batch_size, seq_len=case.seq_len, puzzle_emb_len=emb_len, vocab_size=case.vocab_size,
+                    hidden_size=c.hidden_size, expansion=c.expansion, num_heads=c.num_heads, mlp_t=c.mlp_t,
+                    L_layers=c.L_layers, H_cycles=c.H_cycles, L_cycles=c.L_cycles)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB on Linux
+
+
+def time_inference(model, loader, runner, device) -> Dict[str, float]:
+    """Puzzles and examples x ACT steps per second over the whole synthetic test split."""
+    from training.loop import to_device
+    puzzles = act_steps = 0
+    synchronize(device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for _, _, metrics, _ in runner(model, loader, [], device):
+            puzzles += int(metrics["count"])
+            act_steps += int(metrics["steps"])
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    return {"puzzles_per_s": puzzles / seconds, "example_steps_per_s": act_steps / seconds,
+            "mean_steps": act_steps / max(puzzles, 1)}
+
+
+def run_case(name: str, args) -> dict:
+    from inference.halting import AdaptiveHalting
+    from training.builders import create_dataloader, create_loss_head, create_optimizers
+    from training.checkpoint import load_weights_file
+    from training.device import keep_freed_cpu_memory, maybe_compile, pick_device, resolve_forward_dtype
+    from training.distributed import DistInfo
+    from training.loop import TrainState, run_to_max_steps, train_batch
+    from bench.flops import act_step_flops
+
+    case = CASES[name]
+    device = pick_device(args.device)
+    if device.type == "cpu" and not args.release_freed_memory:
+        keep_freed_cpu_memory()
+    torch.manual_seed(0)
+    work = Path(tempfile.mkdtemp(prefix="bench-mfu-"))
+    steps = args.warmup + args.steps
+    write_synthetic_dataset(work / "data", case, train_examples=case.batch_size * (steps + 1),
+                            test_examples=case.batch_size * args.infer_batches)
+    config = compose_config(case, work / "data", args.override)
+    dist = DistInfo()
+    train_loader, metadata = create_dataloader(config, "train", dist)
+    test_loader, _ = create_dataloader(config, "test", dist, test_set_mode=True)
+    dtype_name = resolve_forward_dtype(config.arch.model_extra.get("forward_dtype", "bfloat16"), device)
+    with torch.device(device):
+        head = create_loss_head(config, metadata, 1, dtype_name)
+    if args.checkpoint:
+        load_weights_file(head, args.checkpoint, what="--checkpoint")
+    optimizers, base_lrs = create_optimizers(config, head, 1)
+    compiled = args.compile == "on"
+    model = maybe_compile(head, compiled, device)
+    shape = trm_shape(head.model.config, case)
+    dtype = getattr(torch, dtype_name)
+    peak = matmul_peak(dtype, device)
+
+    state = TrainState(head=model, optimizers=optimizers, base_lrs=base_lrs, carry=None, step=0, total_steps=10 ** 6)
+    model.train()
+    load_seconds = step_seconds = 0.0
+    batches = iter(train_loader)
+    for i in range(steps):
+        start = time.perf_counter()
+        _, batch, global_batch_size = next(batches)
+        loaded = time.perf_counter()
+        train_batch(state, batch, global_batch_size, config.lr_warmup_steps, config.lr_min_ratio, dist, device)
+        synchronize(device)
+        if i >= args.warmup:
+            load_seconds += loaded - start
+            step_seconds += time.perf_counter() - loaded
+        print(f"[{name}] train step {i + 1}/{steps}: {time.perf_counter() - loaded:.2f} s", file=sys.stderr)
+
+    model.eval()
+    inference = {}
+    for mode, runner in (("fixed", run_to_max_steps), ("adaptive", AdaptiveHalting(threshold=0.5))):
+        time_inference(model, _first_batches(test_loader, 1), runner, device)   # warm-up (and eval-mode compile)
+        inference[mode] = time_inference(model, test_loader, runner, device)
+        print(f"[{name}] inference {mode}: {inference[mode]['puzzles_per_s']:.1f} puzzles/s", file=sys.stderr)
+
+    train_flops = act_step_flops(shape, training=True)
+    step_time = step_seconds / args.steps
+    achieved = train_flops / step_time
+    return {
+        "case": name, "note": case.note, "device": str(device), "dtype": dtype_name, "compile": compiled,
+        "threads": torch.get_num_threads(), "batch_size": case.batch_size,
+        "params": sum(p.numel() for p in head.parameters()),
+        "train_gflop_per_step": train_flops / 1e9, "step_seconds": step_time,
+        "train_example_steps_per_s": case.batch_size / step_time,
+        "achieved_gflops": achieved / 1e9, "peak_gflops": peak / 1e9, "mfu": achieved / peak,
+        "data_loading_share": load_seconds / (load_seconds + step_seconds),
+        "inference_gflop_per_act_step": act_step_flops(shape, training=False) / 1e9,
+        "inference": inference, "peak_memory_mb": peak_memory_mb(device),
+        "peak_memory_kind": "CUDA allocated" if device.type == "cuda" else "process RSS",
+    }
+
+
+def _first_batches(loader, count: int):
+    for i, item in enumerate(loader):
+        if i >= count:
+            return
+        yield item
+
+
+def format_table(results: List[dict]) -> str:
+    rows = [("case", "device", "dtype", "compile", "batch", "GFLOP/step", "step s", "train ex*steps/s", "achieved GFLOP/s",
+             "peak GFLOP/s", "MFU", "data load", "fixed puzzles/s", "adaptive puzzles/s (steps)", "peak MB")]
+    for r in results:
+        inf = r["inference"]
+        rows.append((r["case"], f"{r['device']} x{r['threads']}" if r["device"] == "cpu" else r["device"], r["dtype"],
+                     "on" if r["compile"] else "off", str(r["batch_size"]), f"{r['train_gflop_per_step']:.0f}",
+                     f"{r['step_seconds']:.3f}", f"{r['train_example_steps_per_s']:.1f}", f"{r['achieved_gflops']:.0f}",
+                     f"{r['peak_gflops']:.0f}", f"{r['mfu']:.1%}", f"{r['data_loading_share']:.2%}",
+                     f"{inf['fixed']['puzzles_per_s']:.1f}",
+                     f"{inf['adaptive']['puzzles_per_s']:.1f} ({inf['adaptive']['mean_steps']:.2f})",
+                     f"{r['peak_memory_mb']:.0f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--case", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--steps", type=int, default=4, help="timed training steps (after --warmup)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed first steps (torch.compile compiles here)")
+    p.add_argument("--infer-batches", type=int, default=2, help="test batches for each inference mode")
+    p.add_argument("--compile", choices=["on", "off"], default="on")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--checkpoint", default=None, help="weights to load (e.g. a trained quickstart step_N) so that "
+                                                      "adaptive halting stops when the model is confident")
+    p.add_argument("--release-freed-memory", action="store_true",
+                   help="CPU: leave glibc malloc returning freed memory to the OS (the default allocator behaviour)")
+    p.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides, e.g. arch.hidden_size=256")
+    p.add_argument("--json", default=None, help="also write the results to this file")
+    p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.in_process:
+        print("RESULT " + json.dumps(run_case(args.case[0], args)))
+        return
+    results = []
+    passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+    for name in args.case:
+        child = [sys.executable, "-m", "bench.mfu", "--in-process", *_without_case(passthrough), "--case", name]
+        out = subprocess.run(child, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+        if out.returncode != 0 or not lines:
+            sys.exit(f"error: case {name} failed (exit {out.returncode}); run python -m bench.mfu --case {name} --in-process")
+        results.append(json.loads(lines[-1][len("RESULT "):]))
+    print(format_table(results))
+    print(json.dumps(results))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _without_case(argv: List[str]) -> List[str]:
+    """The command line minus its --case values and --json (the parent collects the results)."""
+    kept, skip = [], False
+    for arg in argv:
+        if arg in ("--case", "--json"):
+            skip = True
+            continue
+        if skip and not arg.startswith("--"):
+            continue
+        skip = False
+        kept.append(arg)
+    return kept
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Hand-computed FLOP counts for the MFU benchmark (bench/flops.py)."""
+from bench.flops import TRMShape, act_step_flops, attention_flops, block_flops, head_flops, swiglu_flops
+
+
+def test_swiglu_and_attention_hand_values():
+    # 2 rows, width 3, hidden 4: gate_up 2*2*3*8 = 96, down 2*2*4*3 = 48
+    assert swiglu_flops(2, 3, 4) == 144
+    # batch 1, 2 positions, width 4: projections 2*2*4*16 = 256; QK^T and AV 2*2*1*2*2*4 = 64
+    assert attention_flops(1, 2, 4) == 320
+
+
+SUDOKU_MLP = TRMShape(batch_size=32, seq_len=81, puzzle_emb_len=16, vocab_size=11, hidden_size=512, expansion=4,
+                      num_heads=8, mlp_t=True, L_layers=2, H_cycles=3, L_cycles=6)
+
+
+def test_sudoku_mlp_paper_size():
+    # mlp_t: 97 positions -> hidden 512; channels: 512 -> hidden 1536 (SPEC §3 rounding)
+    mixer = 6 * (32 * 512) * 97 * 512
+    channel = 6 * (32 * 97) * 512 * 1536
+    assert block_flops(SUDOKU_MLP) == mixer + channel
+    heads = 2 * 32 * 81 * 512 * 11 + 2 * 32 * 512 * 2
+    assert head_flops(SUDOKU_MLP) == heads
+    net = 2 * (mixer + channel)
+    # 3 H cycles x 7 network calls forward; the last 7 calls and the heads again twice in backward
+    assert act_step_flops(SUDOKU_MLP, training=False) == 21 * net + heads
+    assert act_step_flops(SUDOKU_MLP, training=True) == 21 * net + heads + 2 * (7 * net + heads)
+    assert round(act_step_flops(SUDOKU_MLP, training=True) / 1e9) == 1367
+
+
+def test_attention_block_counts_quadratic_mixing():
+    shape = TRMShape(batch_size=1, seq_len=900, puzzle_emb_len=16, vocab_size=12, hidden_size=512, expansion=4,
+                     num_heads=8, mlp_t=False, L_layers=2, H_cycles=3, L_cycles=4)
+    longer = TRMShape(**{**shape.__dict__, "seq_len": 1816})
+    mixing = lambda s: block_flops(s) - 8 * s.positions * 512 * 512 - 6 * s.positions * 512 * 1536
+    assert mixing(shape) == 4 * 916 * 916 * 512
+    assert mixing(longer) == 4 * mixing(shape)   # twice the positions: four times the QK^T and AV work
