@@ -7,7 +7,7 @@ cell with the fewest candidates and tries digits in increasing order (0 = no wro
 """
 import random
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 BOX_SHAPES = {4: (2, 2), 6: (2, 3), 9: (3, 3)}  # size -> (rows, cols) of a box
 
@@ -28,6 +28,10 @@ class Geometry:
                  for r0 in range(0, n, br) for c0 in range(0, n, bc)]
         self.units = rows + cols + boxes
         self.peers = [tuple(sorted({p for u in self.units if i in u for p in u} - {i})) for i in range(self.cells)]
+        # The indices into `units` of each cell's row, column and box.
+        self.units_of = [tuple(k for k, u in enumerate(self.units) if i in u) for i in range(self.cells)]
+        self.unit_bits = [sum(1 << k for k in ks) for ks in self.units_of]  # the same as a bitmask over units
+        self.all_units = (1 << len(self.units)) - 1
 
 
 _GEOMETRIES = {}
@@ -39,9 +43,16 @@ def geometry(size: int) -> Geometry:
     return _GEOMETRIES[size]
 
 
-def _propagate(g: Geometry, cand: List[int], queue: List[int], hidden: bool = True) -> bool:
-    """Apply naked (and, if `hidden`, hidden) singles until nothing changes; False on a contradiction."""
-    peers, units, full = g.peers, g.units, g.full
+def _propagate(g: Geometry, cand: List[int], queue: List[int], hidden: bool = True, dirty: Optional[int] = None) -> bool:
+    """Apply naked (and, if `hidden`, hidden) singles until nothing changes; False on a contradiction.
+
+    `dirty` is a bitmask over `g.units` of the units to scan for hidden singles (default all). A caller that
+    changed one cell of a state already at this fixpoint passes that cell's units: a unit none of whose cells
+    changed since still holds every digit and no hidden single, so rescanning all 27 units each round (the
+    bulk of the solver's time) is not needed; units are marked again as the eliminations touch them."""
+    peers, units, full, unit_bits = g.peers, g.units, g.full, g.unit_bits
+    if dirty is None:
+        dirty = g.all_units
     while True:
         while queue:
             i = queue.pop()
@@ -53,11 +64,16 @@ def _propagate(g: Geometry, cand: List[int], queue: List[int], hidden: bool = Tr
                     if not m:
                         return False
                     cand[p] = m
+                    dirty |= unit_bits[p]
                     if not m & (m - 1):
                         queue.append(p)
         if not hidden:
             return True
-        for unit in units:
+        scan, dirty = dirty, 0
+        while scan:
+            low = scan & -scan
+            scan ^= low
+            unit = units[low.bit_length() - 1]
             once = twice = 0
             for c in unit:
                 m = cand[c]
@@ -74,14 +90,38 @@ def _propagate(g: Geometry, cand: List[int], queue: List[int], hidden: bool = Tr
                         if h & (h - 1):
                             return False  # one cell is the only place for two digits
                         cand[c] = h
+                        dirty |= unit_bits[c]
                         queue.append(c)
         if not queue:
             return True
 
 
-def _initial(g: Geometry, puzzle: Sequence[int]) -> Tuple[List[int], List[int]]:
-    cand = [(1 << (v - 1)) if v else g.full for v in puzzle]
-    return cand, [i for i, v in enumerate(puzzle) if v]
+def _initial(g: Geometry, puzzle: Sequence[int]) -> Optional[Tuple[List[int], List[int]]]:
+    """Candidates straight from the givens, and the queue of empty cells left with one candidate (their digit
+    still has to leave their peers); None when two givens clash or an empty cell has no candidate.
+    Reading the givens' digits off per-unit masks costs one pass over the board, where queueing every given
+    and clearing its digit from 20 peers (the same fixpoint) cost about ten times as much."""
+    used = [0] * len(g.units)
+    for i, v in enumerate(puzzle):
+        if v:
+            bit = 1 << (v - 1)
+            for u in g.units_of[i]:
+                if used[u] & bit:
+                    return None
+                used[u] |= bit
+    cand, queue = [], []
+    for i, v in enumerate(puzzle):
+        if v:
+            cand.append(1 << (v - 1))
+        else:
+            r, c, b = g.units_of[i]
+            m = g.full & ~(used[r] | used[c] | used[b])
+            if not m:
+                return None
+            cand.append(m)
+            if not m & (m - 1):
+                queue.append(i)
+    return cand, queue
 
 
 def _decode(cand: List[int]) -> List[int]:
@@ -112,7 +152,7 @@ class _Search:
             m ^= b
             child = cand[:]
             child[best] = b
-            if _propagate(self.g, child, [best], self.hidden):
+            if _propagate(self.g, child, [best], self.hidden, self.g.unit_bits[best]):
                 self.run(child)
                 if len(self.solutions) >= self.limit:
                     return
@@ -123,10 +163,10 @@ class _Search:
 def solve(puzzle: Sequence[int], size: int = 9, limit: int = 1, hidden: bool = True) -> Tuple[List[List[int]], int]:
     """Up to `limit` solutions of a flat puzzle (digits, 0 = blank) and the backtracks spent."""
     g = geometry(size)
-    cand, queue = _initial(g, puzzle)
+    state = _initial(g, puzzle)
     search = _Search(g, limit, hidden)
-    if _propagate(g, cand, queue, hidden):
-        search.run(cand)
+    if state is not None and _propagate(g, *state, hidden):
+        search.run(state[0])
     return search.solutions, search.backtracks
 
 
@@ -136,8 +176,8 @@ def count_solutions(puzzle: Sequence[int], size: int = 9, limit: int = 2) -> int
 
 def solvable_by_singles(puzzle: Sequence[int], size: int = 9) -> bool:
     g = geometry(size)
-    cand, queue = _initial(g, puzzle)
-    return _propagate(g, cand, queue) and all(not m & (m - 1) for m in cand)
+    state = _initial(g, puzzle)
+    return state is not None and _propagate(g, *state) and all(not m & (m - 1) for m in state[0])
 
 
 def rating(puzzle: Sequence[int], size: int = 9) -> int:
@@ -167,7 +207,7 @@ def random_solution(size: int, rng: random.Random) -> List[int]:
         for b in bits:
             child = cand[:]
             child[i] = b
-            if _propagate(g, child, [i]):
+            if _propagate(g, child, [i], dirty=g.unit_bits[i]):
                 done = fill(child)
                 if done:
                     return done
@@ -176,11 +216,24 @@ def random_solution(size: int, rng: random.Random) -> List[int]:
     return _decode(fill(cand))
 
 
+def _forced(g: Geometry, cand: List[int], cell: int, bit: int) -> bool:
+    """The digit `bit` is the only candidate of `cell`, or `cell` is its only place in one of its units."""
+    if cand[cell] == bit:
+        return True
+    units = g.units
+    return any(not any(cand[c] & bit for c in units[u] if c != cell) for u in g.units_of[cell])
+
+
 def _removal_keeps_unique(g: Geometry, puzzle: List[int], cell: int, value: int) -> bool:
-    """The puzzle without `cell` still has one solution iff none puts another digit there."""
-    cand, queue = _initial(g, puzzle)
-    cand[cell] = g.full & ~(1 << (value - 1))  # the caller has already blanked `cell`
-    if cand[cell] and not cand[cell] & (cand[cell] - 1):
+    """The puzzle without `cell` (already blanked by the caller; it had one solution with `value` there) still has
+    one solution iff none puts another digit there. Most early removals are settled by the givens alone: when
+    they force `value` into `cell` (a naked or hidden single) no search is needed; that is about half the calls."""
+    cand, queue = _initial(g, puzzle)  # never None: the givens are part of a solution
+    bit = 1 << (value - 1)
+    if _forced(g, cand, cell, bit):
+        return True
+    cand[cell] &= ~bit
+    if not cand[cell] & (cand[cell] - 1):
         queue.append(cell)
     search = _Search(g, 1)
     if _propagate(g, cand, queue):
