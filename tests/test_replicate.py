@@ -194,6 +194,7 @@ def test_miniature_grid_writes_the_table_and_plots(tmp_path):
     for run in runs:
         # the per-step pass at k = halt_max_steps is the run's own final evaluation
         assert len(run["step_curve"]) == 3 and run["step_curve"][-1] == pytest.approx(run["exact_accuracy"])
+        assert run["step_cell_curve"][-1] == pytest.approx(run["cell_accuracy"])
         assert run["time_curve"][-1][0] == pytest.approx(run["train_seconds"]) and len(run["time_curve"]) >= 1
     for name in ("accuracy_vs_time.png", "accuracy_vs_supervision_steps.png"):
         with Image.open(tmp_path / "out" / name) as image:

@@ -1,9 +1,12 @@
-"""The study's two figures (PNG): held-out exact accuracy against training time, and against the number of
-supervision steps the final model is allowed at evaluation."""
+"""The study's two figures (PNG): held-out accuracy against training time, and against the number of supervision
+steps the final model is allowed at evaluation. Top row exact accuracy (whole puzzle right), bottom row cell accuracy,
+which shows progress at budgets too small for whole puzzles."""
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence
 
 from bench.replicate.table import RunResult, mean_curve
+
+ROWS = ("held-out exact accuracy", "held-out cell accuracy")
 
 
 def _by_task_model(runs: Sequence[RunResult]) -> Dict[str, Dict[str, List[RunResult]]]:
@@ -13,53 +16,52 @@ def _by_task_model(runs: Sequence[RunResult]) -> Dict[str, Dict[str, List[RunRes
     return out
 
 
-def _figure(n_tasks: int):
+def _plot(runs: Sequence[RunResult], path: Path, xlabel: str, draw: Callable) -> Path:
+    """One column per task, one row per accuracy; draw(ax, row, colour, model, seeds) plots one model."""
     import matplotlib
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, n_tasks, figsize=(4.2 * n_tasks, 3.4), squeeze=False)
-    return plt, fig, axes[0]
 
+    groups = _by_task_model(runs)
+    from matplotlib.ticker import MaxNLocator
 
-def _save(plt, fig, axes, path: Path, xlabel: str) -> Path:
-    for ax in axes:
-        ax.set_xlabel(xlabel)
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("held-out exact accuracy")
-    axes[-1].legend(fontsize=8, loc="best")
+    fig, axes = plt.subplots(len(ROWS), len(groups), figsize=(4.2 * len(groups), 6.0), squeeze=False, sharex="col")
+    for col, (task, models) in enumerate(groups.items()):
+        axes[0][col].set_title(task)
+        for row in range(len(ROWS)):
+            ax = axes[row][col]
+            for i, (model, seeds) in enumerate(models.items()):
+                draw(ax, row, f"C{i}", model, seeds)
+            ax.set_ylim(-0.02, 1.02)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+            axes[row][0].set_ylabel(ROWS[row])
+        axes[-1][col].set_xlabel(xlabel)
+    axes[0][-1].legend(fontsize=8, loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
 
 
 def plot_accuracy_vs_time(runs: Sequence[RunResult], path: Path) -> Path:
-    """Seeds as faint lines, their mean as a bold one, per model; one panel per task."""
-    groups = _by_task_model(runs)
-    plt, fig, axes = _figure(len(groups))
-    for ax, (task, models) in zip(axes, groups.items()):
-        for i, (model, seeds) in enumerate(models.items()):
-            colour = f"C{i}"
-            for run in seeds:
-                ax.plot(*zip(*run.time_curve), color=colour, alpha=0.25, lw=1, marker=".")
-            mean: List[Tuple[float, float]] = mean_curve([r.time_curve for r in seeds])
-            if mean:
-                ax.plot(*zip(*mean), color=colour, lw=2, marker="o", label=model)
-        ax.set_title(task)
-    return _save(plt, fig, axes, path, "training time (s)")
+    """Seeds as faint lines, their mean as a bold one."""
+    def draw(ax, row, colour, model, seeds):
+        for run in seeds:
+            ax.plot([p[0] for p in run.time_curve], [p[1 + row] for p in run.time_curve], color=colour, alpha=0.25,
+                    lw=1, marker=".")
+        mean = mean_curve([r.time_curve for r in seeds])
+        if mean:
+            ax.plot([p[0] for p in mean], [p[1 + row] for p in mean], color=colour, lw=2, marker="o", label=model)
+    return _plot(runs, path, "training time (s)", draw)
 
 
 def plot_accuracy_vs_steps(runs: Sequence[RunResult], path: Path) -> Path:
     """Mean over seeds of the final model's accuracy when stopped after k supervision steps."""
-    groups = _by_task_model(runs)
-    plt, fig, axes = _figure(len(groups))
-    for ax, (task, models) in zip(axes, groups.items()):
-        for i, (model, seeds) in enumerate(models.items()):
-            length = min(len(r.step_curve) for r in seeds)
-            ks = list(range(1, length + 1))
-            ax.plot(ks, [sum(r.step_curve[k - 1] for r in seeds) / len(seeds) for k in ks], color=f"C{i}", lw=2,
-                    marker="o", label=model)
-        ax.set_title(task)
-    return _save(plt, fig, axes, path, "supervision steps at evaluation")
+    def draw(ax, row, colour, model, seeds):
+        curves = [r.step_curve if row == 0 else r.step_cell_curve for r in seeds]
+        ks = range(1, min(len(c) for c in curves) + 1)
+        ax.plot(list(ks), [sum(c[k - 1] for c in curves) / len(curves) for k in ks], color=colour, lw=2, marker="o",
+                label=model)
+    return _plot(runs, path, "supervision steps at evaluation", draw)

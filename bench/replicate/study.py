@@ -118,14 +118,16 @@ def collect_run(study: StudyConfig, task: str, model: str, seed: int, device: to
     loaded = load_checkpoint(weights, device, batch_size=config["global_batch_size"])
     loader = make_loader(config["data_paths"], config["global_batch_size"], DistInfo())
     final = evals[-1]
+    step_exact, step_cell = accuracy_per_step(loaded.head, loader, int(arch["halt_max_steps"]), device)
     return RunResult(
         task=task, model=model, seed=seed,
         params=int(next(line["num_params"] for line in lines if "num_params" in line)),
         effective_depth=effective_depth(arch), steps=int(final["step"]),
         train_seconds=float(final["time/train_seconds"]), exact_accuracy=float(final["all/exact_accuracy"]),
         count=int(final["all/count"]), cell_accuracy=float(final["all/accuracy"]),
-        time_curve=[(float(e["time/train_seconds"]), float(e["all/exact_accuracy"])) for e in evals],
-        step_curve=accuracy_per_step(loaded.head, loader, int(arch["halt_max_steps"]), device))
+        time_curve=[(float(e["time/train_seconds"]), float(e["all/exact_accuracy"]), float(e["all/accuracy"]))
+                    for e in evals],
+        step_curve=step_exact, step_cell_curve=step_cell)
 
 
 def write_results(runs: List[RunResult], output_dir: Path, study: StudyConfig) -> List[Path]:

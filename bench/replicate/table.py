@@ -31,12 +31,11 @@ def pooled_accuracy(accuracies: Sequence[float], counts: Sequence[float]) -> Tup
     return (successes / total if total else 0.0), low, high
 
 
-def mean_curve(curves: Sequence[Sequence[Tuple[float, float]]]) -> List[Tuple[float, float]]:
-    """Seeds' (time, accuracy) curves averaged point by point (the i-th evaluation of each seed), up to the
-    shortest curve."""
+def mean_curve(curves: Sequence[Sequence[Tuple[float, ...]]]) -> List[Tuple[float, ...]]:
+    """Seeds' curves of (time, accuracy, ...) points averaged point by point and coordinate by coordinate (the i-th
+    evaluation of each seed), up to the shortest curve."""
     length = min((len(c) for c in curves), default=0)
-    return [(sum(c[i][0] for c in curves) / len(curves), sum(c[i][1] for c in curves) / len(curves))
-            for i in range(length)]
+    return [tuple(sum(c[i][j] for c in curves) / len(curves) for j in range(len(curves[0][i]))) for i in range(length)]
 
 
 @dataclass
@@ -51,8 +50,9 @@ class RunResult:
     exact_accuracy: float
     count: int
     cell_accuracy: float = 0.0   # fraction of cells right: progress that exact accuracy does not show yet
-    time_curve: List[Tuple[float, float]] = field(default_factory=list)   # (train seconds, held-out exact accuracy)
-    step_curve: List[float] = field(default_factory=list)                 # exact accuracy after k = 1.. ACT steps
+    time_curve: List[Tuple[float, float, float]] = field(default_factory=list)  # (train seconds, exact, cell accuracy)
+    step_curve: List[float] = field(default_factory=list)                       # exact accuracy after k = 1.. ACT steps
+    step_cell_curve: List[float] = field(default_factory=list)                  # cell accuracy after k = 1.. ACT steps
 
 
 @dataclass
