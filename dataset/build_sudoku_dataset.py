@@ -141,12 +141,29 @@ def random_augmentations(rng: np.random.Generator, count: int, size: int) -> Dic
             "rows": _block_permutation(rng, count, size // br, br), "cols": _block_permutation(rng, count, size // bc, bc)}
 
 
+def augmentation_cells(aug: Dict[str, np.ndarray], size: int) -> np.ndarray:
+    """[M, n*n] source cells: augment m moves board.flat[cells[m, k]] to cell k (transpose, then rows and columns,
+    the reference order), before its digits are mapped."""
+    rows, cols = aug["rows"][:, :, None], aug["cols"][:, None, :]
+    cells = np.where(aug["transpose"][:, None, None], cols * size + rows, rows * size + cols)
+    return cells.reshape(len(cells), size * size)
+
+
+def augment_flat(boards: np.ndarray, aug: Dict[str, np.ndarray]) -> np.ndarray:
+    """boards [M, k, n*n] digits, k boards per augment (e.g. puzzle and solution) -> augment m applied to row m.
+    The cell index is computed once for all k boards, and both steps are plain 1-D gathers over the whole batch
+    (take_along_axis builds a broadcast index per axis and cost twice as much)."""
+    count, k, cells = boards.shape
+    source = augmentation_cells(aug, int(round(cells ** 0.5)))
+    board_start = (np.arange(count) * (k * cells))[:, None, None] + (np.arange(k) * cells)[None, :, None]
+    moved = boards.reshape(-1)[board_start + source[:, None, :]]
+    digit_maps = aug["digit_map"].astype(boards.dtype).reshape(-1)  # row m at m * (n + 1)
+    return digit_maps[moved + (np.arange(count) * aug["digit_map"].shape[1])[:, None, None]]
+
+
 def apply_augmentations(boards: np.ndarray, aug: Dict[str, np.ndarray]) -> np.ndarray:
     """boards [M, n, n] digits -> out[m, r, c] = digit_map[m][T(board)[rows[m, r], cols[m, c]]] (reference order)."""
-    boards = np.where(aug["transpose"][:, None, None], boards.transpose(0, 2, 1), boards)
-    m = np.arange(len(boards))[:, None, None]
-    moved = boards[m, aug["rows"][:, :, None], aug["cols"][:, None, :]]
-    return np.take_along_axis(aug["digit_map"], moved.reshape(len(boards), -1), axis=1).reshape(boards.shape).astype(boards.dtype)
+    return augment_flat(boards.reshape(len(boards), 1, -1), aug).reshape(boards.shape)
 
 
 def invert_augmentation(board: np.ndarray, aug: Dict[str, np.ndarray], index: int) -> np.ndarray:
@@ -170,14 +187,13 @@ def write_sudoku_split(split_dir: Path, split: SudokuSplit, size: int, num_aug: 
     bar = tqdm(total=groups, desc=desc, unit="group")
     for start in range(0, groups, chunk):
         stop = min(groups, start + chunk)
-        q = split.puzzles[start:stop].reshape(-1, 1, size, size)
-        a = split.solutions[start:stop].reshape(-1, 1, size, size)
-        q_out = np.repeat(q, per_group, axis=1)
-        a_out = np.repeat(a, per_group, axis=1)
+        # [groups, per_group, 2 (puzzle, solution), cells]: the original, then its augments
+        pair = np.stack([split.puzzles[start:stop], split.solutions[start:stop]], axis=1)
+        out = np.repeat(pair[:, None], per_group, axis=1)
         if num_aug:
             aug = random_augmentations(rng, (stop - start) * num_aug, size)
-            q_out[:, 1:] = apply_augmentations(q_out[:, 1:].reshape(-1, size, size), aug).reshape(stop - start, num_aug, size, size)
-            a_out[:, 1:] = apply_augmentations(a_out[:, 1:].reshape(-1, size, size), aug).reshape(stop - start, num_aug, size, size)
+            out[:, 1:] = augment_flat(out[:, 1:].reshape(-1, 2, cells), aug).reshape(stop - start, num_aug, 2, cells)
+        q_out, a_out = out[:, :, 0], out[:, :, 1]
         inputs[start * per_group:stop * per_group] = q_out.reshape(-1, cells) + 1
         labels[start * per_group:stop * per_group] = a_out.reshape(-1, cells) + 1
         bar.update(stop - start)
