@@ -26,7 +26,7 @@ from models.lm import ARCH_NAME as LM_ARCH_NAME
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
 from training.builders import create_evaluators
 from training.config import ConfigError, EvaluatorConfig, format_validation_error
-from training.device import pick_device
+from training.device import setup_device
 from training.distributed import DistInfo, init_distributed, shutdown_distributed
 from training.loop import evaluate
 
@@ -184,7 +184,7 @@ def write_visuals(loaded: LoadedCheckpoint, dataset: PuzzleDataset, kind: Option
 
 
 def run(options: EvaluateConfig, dist_info: DistInfo) -> Optional[Dict[str, Any]]:
-    device = pick_device(options.device)
+    device = setup_device(options.device)
     weights = find_weights(options.checkpoint)
     run_config = load_run_config(weights) or {}
     arch = None

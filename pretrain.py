@@ -16,7 +16,7 @@ from training.builders import (copy_run_files, create_dataloader, create_evaluat
                                create_optimizers, ensure_dataset)
 from training.checkpoint import Checkpointer, load_weights_file, prepare_resume, read_training_state, rewind_metrics
 from training.config import ConfigError, PretrainConfig, validate_config
-from training.device import maybe_compile, pick_device, resolve_forward_dtype
+from training.device import maybe_compile, resolve_forward_dtype, setup_device
 from training.distributed import DistInfo, init_distributed, shutdown_distributed
 from training.loop import TrainState, eval_summary_line, evaluate, final_summary_line, train_batch
 from training.preemption import GracefulStop
@@ -61,7 +61,7 @@ def launch(cfg: DictConfig) -> dict:
 
 def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
     seed_everything(config.seed + dist_info.rank)
-    device = pick_device(config.device)
+    device = setup_device(config.device)
     if dist_info.is_main:
         ensure_dataset(config)
     if dist_info.world_size > 1:

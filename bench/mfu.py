@@ -128,15 +128,13 @@ def run_case(name: str, args) -> dict:
     from inference.halting import AdaptiveHalting
     from training.builders import create_dataloader, create_loss_head, create_optimizers
     from training.checkpoint import load_weights_file
-    from training.device import keep_freed_cpu_memory, maybe_compile, pick_device, resolve_forward_dtype
+    from training.device import maybe_compile, pick_device, resolve_forward_dtype, setup_device
     from training.distributed import DistInfo
     from training.loop import TrainState, run_to_max_steps, train_batch
     from bench.flops import act_step_flops
 
     case = CASES[name]
-    device = pick_device(args.device)
-    if device.type == "cpu" and not args.release_freed_memory:
-        keep_freed_cpu_memory()
+    device = pick_device(args.device) if args.release_freed_memory else setup_device(args.device)
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="bench-mfu-"))
     steps = args.warmup + args.steps

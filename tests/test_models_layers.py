@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from models.common import trunc_normal_init_, truncated_normal_std
 from models.layers import (Attention, CastedEmbedding, CastedLinear, RotaryEmbedding, SequenceSwiGLUFunction, SwiGLU,
+                           attention_by_query_blocks,
                            apply_rotary_pos_emb, rms_norm, silu_mul_backward, swiglu_hidden_width)
 
 
@@ -120,3 +121,19 @@ def test_silu_mul_backward_hand_values():
     torch.testing.assert_close(d_gate, torch.tensor([2 * 0.5, 3 * s1 * (2 - s1)]))
     torch.testing.assert_close(d_up, torch.tensor([0.0, s1]))
     torch.testing.assert_close(act, torch.tensor([0.0, 3 * s1]))
+
+
+@pytest.mark.parametrize("block", [512, 3])   # one block, and blocks that do not divide the 7 positions
+def test_attention_by_query_blocks_equals_sdpa(block):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8, dtype=torch.float64) for _ in range(3))
+    torch.testing.assert_close(attention_by_query_blocks(q, k, v, block=block), F.scaled_dot_product_attention(q, k, v))
+
+
+def test_bf16_cpu_attention_stays_close_to_float32():
+    torch.manual_seed(0)
+    attn = Attention(hidden_size=64, num_heads=4)
+    h = torch.randn(2, 20, 64)
+    expected = attn(None, h)
+    got = attn(None, h.bfloat16()).float()
+    assert ((got - expected).norm() / expected.norm()).item() < 0.02

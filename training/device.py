@@ -19,6 +19,14 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+def setup_device(requested: str = "auto") -> torch.device:
+    """pick_device, then the process-wide settings that device runs fastest with."""
+    device = pick_device(requested)
+    if device.type == "cpu":
+        keep_freed_cpu_memory()
+    return device
+
+
 def _cpu_has_fast_bf16() -> bool:
     # Without native bf16 instructions (AVX512-BF16, AMX) bfloat16 matmuls are emulated and slower than float32.
     try:
