@@ -110,7 +110,6 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def time_inference(model, loader, runner, device) -> Dict[str, float]:
     """Puzzles and examples x ACT steps per second over the whole synthetic test split."""
-    from training.loop import to_device
     puzzles = act_steps = 0
     synchronize(device)
     start = time.perf_counter()
@@ -173,8 +172,8 @@ def run_case(name: str, args) -> dict:
 
     model.eval()
     inference = {}
+    warm_up_inference(model, test_loader, device)
     for mode, runner in (("fixed", run_to_max_steps), ("adaptive", AdaptiveHalting(threshold=0.5))):
-        time_inference(model, _first_batches(test_loader, 1), runner, device)   # warm-up (and eval-mode compile)
         inference[mode] = time_inference(model, test_loader, runner, device)
         print(f"[{name}] inference {mode}: {inference[mode]['puzzles_per_s']:.1f} puzzles/s", file=sys.stderr)
 
@@ -195,11 +194,13 @@ def run_case(name: str, args) -> dict:
     }
 
 
-def _first_batches(loader, count: int):
-    for i, item in enumerate(loader):
-        if i >= count:
-            return
-        yield item
+def warm_up_inference(model, loader, device) -> None:
+    """One evaluation-mode ACT step, so that torch.compile's evaluation graph is built before the timing."""
+    from training.loop import to_device
+    _, batch, _ = next(iter(loader))
+    batch = to_device(batch, device)
+    with torch.inference_mode(), torch.device(device):
+        model(carry=model.initial_carry(batch), batch=batch, return_keys=[])
 
 
 def format_table(results: List[dict]) -> str:
@@ -225,7 +226,7 @@ def parse_args(argv=None):
     p.add_argument("--case", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--steps", type=int, default=4, help="timed training steps (after --warmup)")
     p.add_argument("--warmup", type=int, default=2, help="untimed first steps (torch.compile compiles here)")
-    p.add_argument("--infer-batches", type=int, default=2, help="test batches for each inference mode")
+    p.add_argument("--infer-batches", type=int, default=1, help="test batches for each inference mode")
     p.add_argument("--compile", choices=["on", "off"], default="on")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--checkpoint", default=None, help="weights to load (e.g. a trained quickstart step_N) so that "
