@@ -13,6 +13,7 @@ import pydantic
 import torch
 from tqdm import tqdm
 
+from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
 from bench.replicate.table import RunResult, csv_table, effective_depth, markdown_table, summarise
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,9 +101,7 @@ def read_metrics(path: Path) -> List[Dict[str, Any]]:
 
 
 def collect_run(study: StudyConfig, task: str, model: str, seed: int, device: torch.device) -> RunResult:
-    from evaluate import make_loader
     from inference.loading import find_weights, load_checkpoint, load_run_config
-    from training.distributed import DistInfo
     from bench.replicate.curve import accuracy_per_step
 
     directory = run_dir(study, task, model, seed)
@@ -116,7 +115,9 @@ def collect_run(study: StudyConfig, task: str, model: str, seed: int, device: to
     config = load_run_config(weights)
     arch = config["arch"]
     loaded = load_checkpoint(weights, device, batch_size=config["global_batch_size"])
-    loader = make_loader(config["data_paths"], config["global_batch_size"], DistInfo())
+    loader = PuzzleDataset(PuzzleDatasetConfig(seed=0, dataset_paths=config["data_paths"], test_set_mode=True,
+                                               global_batch_size=config["global_batch_size"], epochs_per_iter=1,
+                                               rank=0, num_replicas=1), split="test")
     final = evals[-1]
     step_exact, step_cell = accuracy_per_step(loaded.head, loader, int(arch["halt_max_steps"]), device)
     return RunResult(
