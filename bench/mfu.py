@@ -195,12 +195,14 @@ def run_case(name: str, args) -> dict:
 
 
 def warm_up_inference(model, loader, device) -> None:
-    """One evaluation-mode ACT step, so that torch.compile's evaluation graph is built before the timing."""
+    """One evaluation-mode ACT step per set of requested outputs (fixed halting asks for none, adaptive halting for
+    preds and q_halt_logits), so that torch.compile builds those graphs before the timing."""
     from training.loop import to_device
     _, batch, _ = next(iter(loader))
     batch = to_device(batch, device)
-    with torch.inference_mode(), torch.device(device):
-        model(carry=model.initial_carry(batch), batch=batch, return_keys=[])
+    for return_keys in ([], {"preds", "q_halt_logits"}):
+        with torch.inference_mode(), torch.device(device):
+            model(carry=model.initial_carry(batch), batch=batch, return_keys=return_keys)
 
 
 def format_table(results: List[dict]) -> str:
