@@ -11,7 +11,6 @@ halting. The peak is the best rate of large square matrix products measured in t
 dtype; MFU = (analytic model FLOPs per step / step time) / peak. Prints a table and the results as JSON."""
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -93,13 +92,12 @@ def compose_config(case: Case, data_path: Path, overrides: List[str]):
     return validate_config(OmegaConf.to_container(cfg, resolve=True)).fill_defaults()
 
 
-def trm_shape(model_config, case: Case):
+def trm_shape(inner, case: Case):
     from bench.flops import TRMShape
-    c = model_config
-    emb_len = c.puzzle_emb_len or -(c.puzzle_emb_ndim // -c.hidden_size)
-    return TRMShape(batch_size=case.batch_size, seq_len=case.seq_len, puzzle_emb_len=emb_len, vocab_size=case.vocab_size,
-                    hidden_size=c.hidden_size, expansion=c.expansion, num_heads=c.num_heads, mlp_t=c.mlp_t,
-                    L_layers=c.L_layers, H_cycles=c.H_cycles, L_cycles=c.L_cycles)
+    c = inner.config
+    return TRMShape(batch_size=case.batch_size, seq_len=case.seq_len, puzzle_emb_len=inner.puzzle_emb_len,
+                    vocab_size=case.vocab_size, hidden_size=c.hidden_size, expansion=c.expansion, num_heads=c.num_heads,
+                    mlp_t=c.mlp_t, L_layers=c.L_layers, H_cycles=c.H_cycles, L_cycles=c.L_cycles)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -151,7 +149,7 @@ def run_case(name: str, args) -> dict:
     optimizers, base_lrs = create_optimizers(config, head, 1)
     compiled = args.compile == "on"
     model = maybe_compile(head, compiled, device)
-    shape = trm_shape(head.model.config, case)
+    shape = trm_shape(head.model.inner, case)
     dtype = getattr(torch, dtype_name)
     peak = matmul_peak(dtype, device)
 
@@ -247,9 +245,10 @@ def main(argv=None) -> None:
         print("RESULT " + json.dumps(run_case(args.case[0], args)))
         return
     results = []
-    passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
     for name in args.case:
-        child = [sys.executable, "-m", "bench.mfu", "--in-process", *_without_case(passthrough), "--case", name]
+        # argparse keeps the last --case, so the child runs just this one; only the parent writes --json
+        child = [sys.executable, "-m", "bench.mfu", *(argv if argv is not None else sys.argv[1:]), "--in-process",
+                 "--case", name]
         out = subprocess.run(child, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
         if out.returncode != 0 or not lines:
@@ -260,20 +259,6 @@ def main(argv=None) -> None:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-
-
-def _without_case(argv: List[str]) -> List[str]:
-    """The command line minus its --case values and --json (the parent collects the results)."""
-    kept, skip = [], False
-    for arg in argv:
-        if arg in ("--case", "--json"):
-            skip = True
-            continue
-        if skip and not arg.startswith("--"):
-            continue
-        skip = False
-        kept.append(arg)
-    return kept
 
 
 if __name__ == "__main__":
