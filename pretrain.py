@@ -132,7 +132,6 @@ def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
 
     def evaluate_and_log():
         nonlocal last_eval
-        clock.pause()
         eval_head = ema.ema_copy(head) if ema is not None else head
         eval_head.eval()
         eval_metrics = evaluate(eval_head, eval_loader, eval_metadata, evaluators, dist_info, device,
@@ -148,7 +147,6 @@ def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
             last_eval = eval_metrics
         del eval_head
         model.train()
-        clock.resume()
 
     stop = GracefulStop(dist_info).install()  # SIGTERM/SIGINT: finish the step, save, exit
     for iter_id in range(start_iter, total_iters):
@@ -169,13 +167,13 @@ def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
                                      exact=f"{metrics.get('train/exact_accuracy', float('nan')):.3f}")
             progress.update(1)
             if stop.requested() or checkpointer.due(state.step):
-                clock.pause()
-                save_checkpoint(next_iter=iter_id)
-                clock.resume()
+                with clock.paused():
+                    save_checkpoint(next_iter=iter_id)
             if stop.stopping:
                 break
             if clock.check() and eval_loader is not None:
-                evaluate_and_log()
+                with clock.paused():
+                    evaluate_and_log()
             if clock.out_of_time:
                 break
         clock.pause()
@@ -189,7 +187,6 @@ def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
             save_checkpoint(next_iter=next_iter, keep_weights=last_pass)
         else:
             evaluate_and_log()
-            clock.pause()
             save_checkpoint(next_iter=next_iter, keep_weights=config.checkpoint_every_eval or last_pass)
         if clock.out_of_time or stop.requested():
             break

@@ -84,6 +84,22 @@ def test_clock_counts_only_training_time_and_calls_evaluations_at_multiples():
     assert not clock.check() and clock.out_of_time
 
 
+def test_paused_excludes_its_time_and_restores_the_running_state():
+    now = FakeTime()
+    clock = TrainingClock(10.0, None, DistInfo(), now=now)
+    clock.resume()
+    now.t += 2
+    with clock.paused():               # a checkpoint while training: not counted, then the clock runs again
+        now.t += 50
+    now.t += 1
+    assert clock.elapsed == pytest.approx(3.0)
+    clock.pause()
+    with clock.paused():               # already paused (the end-of-pass evaluation): stays paused after
+        now.t += 50
+    now.t += 7
+    assert clock.elapsed == pytest.approx(3.0)
+
+
 def test_clock_without_budget_never_stops():
     now = FakeTime()
     clock = TrainingClock(None, None, DistInfo(), now=now)

@@ -2,6 +2,7 @@
 can be compared at equal time. Only time spent training counts: evaluations and checkpoints are paused out, so
 evaluating more often does not shorten a run. The `process` clock counts this process's CPU time instead of wall time,
 for budgets that other jobs sharing the cores must not eat into."""
+import contextlib
 import time
 from typing import Callable, Optional
 
@@ -34,6 +35,17 @@ class TrainingClock:
         if self._started is not None:
             self._banked += self._now() - self._started
             self._started = None
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Time inside does not count (evaluations, checkpoints); the clock runs again after if it ran before."""
+        running = self._started is not None
+        self.pause()
+        try:
+            yield
+        finally:
+            if running:
+                self.resume()
 
     def check(self) -> bool:
         """After a step: whether an intermediate evaluation is due; sets `out_of_time` once the budget is spent.

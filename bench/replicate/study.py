@@ -1,7 +1,6 @@
 """Run the study's grid (one Hydra multirun of pretrain.py per task), score every final checkpoint per supervision
 step, and write the tables and plots."""
 import json
-import os
 import shutil
 import subprocess
 import sys
