@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List
 
@@ -131,6 +131,8 @@ def run_case(name: str, args) -> dict:
     from bench.flops import act_step_flops
 
     case = CASES[name]
+    if args.batch_size:
+        case = replace(case, batch_size=args.batch_size)
     device = pick_device(args.device) if args.release_freed_memory else setup_device(args.device)
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="bench-mfu-"))
@@ -170,8 +172,8 @@ def run_case(name: str, args) -> dict:
 
     model.eval()
     inference = {}
-    warm_up_inference(model, test_loader, device)
     for mode, runner in (("fixed", run_to_max_steps), ("adaptive", AdaptiveHalting(threshold=0.5))):
+        time_inference(model, test_loader, runner, device)   # untimed: torch.compile builds this mode's graphs
         inference[mode] = time_inference(model, test_loader, runner, device)
         print(f"[{name}] inference {mode}: {inference[mode]['puzzles_per_s']:.1f} puzzles/s", file=sys.stderr)
 
@@ -190,17 +192,6 @@ def run_case(name: str, args) -> dict:
         "inference": inference, "peak_memory_mb": peak_memory_mb(device),
         "peak_memory_kind": "CUDA allocated" if device.type == "cuda" else "process RSS",
     }
-
-
-def warm_up_inference(model, loader, device) -> None:
-    """One evaluation-mode ACT step per set of requested outputs (fixed halting asks for none, adaptive halting for
-    preds and q_halt_logits), so that torch.compile builds those graphs before the timing."""
-    from training.loop import to_device
-    _, batch, _ = next(iter(loader))
-    batch = to_device(batch, device)
-    for return_keys in ([], {"preds", "q_halt_logits"}):
-        with torch.inference_mode(), torch.device(device):
-            model(carry=model.initial_carry(batch), batch=batch, return_keys=return_keys)
 
 
 def format_table(results: List[dict]) -> str:
@@ -224,6 +215,8 @@ def format_table(results: List[dict]) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--case", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="batch size for every case (default: each case's; the paper used 768 on 8 GPUs)")
     p.add_argument("--steps", type=int, default=4, help="timed training steps (after --warmup)")
     p.add_argument("--warmup", type=int, default=2, help="untimed first steps (torch.compile compiles here)")
     p.add_argument("--infer-batches", type=int, default=1, help="test batches for each inference mode")
