@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from models.common import trunc_normal_init_, truncated_normal_std
 from models.layers import (Attention, CastedEmbedding, CastedLinear, RotaryEmbedding, SequenceSwiGLUFunction, SwiGLU,
-                           attention_by_query_blocks,
+                           BlockAttentionFunction,
                            apply_rotary_pos_emb, rms_norm, silu_mul_backward, swiglu_hidden_width)
 
 
@@ -124,16 +124,26 @@ def test_silu_mul_backward_hand_values():
 
 
 @pytest.mark.parametrize("block", [512, 3])   # one block, and blocks that do not divide the 7 positions
-def test_attention_by_query_blocks_equals_sdpa(block):
+def test_block_attention_and_its_backward_equal_sdpa(block):
     torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 7, 8, dtype=torch.float64) for _ in range(3))
-    torch.testing.assert_close(attention_by_query_blocks(q, k, v, block=block), F.scaled_dot_product_attention(q, k, v))
+    q, k, v = (torch.randn(2, 3, 7, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    d_out = torch.randn(2, 3, 7, 8, dtype=torch.float64)
+    out = BlockAttentionFunction.apply(q, k, v, block)
+    expected = F.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(torch.autograd.grad(out, (q, k, v), d_out), torch.autograd.grad(expected, (q, k, v), d_out))
+    assert torch.autograd.gradcheck(lambda q, k, v: BlockAttentionFunction.apply(q, k, v, block), (q, k, v))
 
 
-def test_bf16_cpu_attention_stays_close_to_float32():
+def test_bf16_cpu_attention_and_its_gradients_stay_close_to_float32():
     torch.manual_seed(0)
     attn = Attention(hidden_size=64, num_heads=4)
-    h = torch.randn(2, 20, 64)
-    expected = attn(None, h)
-    got = attn(None, h.bfloat16()).float()
-    assert ((got - expected).norm() / expected.norm()).item() < 0.02
+    d_out = torch.randn(2, 20, 64)
+    relative_error = lambda got, expected: ((got.float() - expected).norm() / expected.norm()).item()
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        h = torch.randn(2, 20, 64, generator=torch.Generator().manual_seed(1)).to(dtype).requires_grad_()
+        out = attn(None, h)
+        results[dtype] = (out, *torch.autograd.grad(out, (h, attn.qkv_proj.weight), d_out.to(dtype)))
+    for got, expected in zip(results[torch.bfloat16], results[torch.float32]):
+        assert relative_error(got, expected) < 0.02
