@@ -1,4 +1,10 @@
-"""Hand-computed FLOP counts for the MFU benchmark (bench/flops.py)."""
+"""Hand-computed FLOP counts for the MFU benchmark (bench/flops.py), and its command line (bench/mfu.py)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
 from bench.flops import TRMShape, act_step_flops, attention_flops, block_flops, head_flops, swiglu_flops
 
 
@@ -34,3 +40,20 @@ def test_attention_block_counts_quadratic_mixing():
     mixing = lambda s: block_flops(s) - 8 * s.positions * 512 * 512 - 6 * s.positions * 512 * 1536
     assert mixing(shape) == 4 * 916 * 916 * 512
     assert mixing(longer) == 4 * mixing(shape)   # twice the positions: four times the QK^T and AV work
+
+
+def test_mfu_command_line_reports_a_consistent_row(tmp_path):
+    """`python -m bench.mfu` end to end on a tiny quickstart model: the table, and JSON whose figures agree."""
+    out = tmp_path / "mfu.json"
+    tiny = ["arch.hidden_size=16", "arch.num_heads=2", "arch.L_cycles=1", "arch.H_cycles=2", "arch.halt_max_steps=2"]
+    run = subprocess.run([sys.executable, "-m", "bench.mfu", "--case", "quickstart", "--batch-size", "4", "--steps", "2",
+                          "--warmup", "1", "--compile", "off", "--device", "cpu", "--peak-seconds", "0.02",
+                          "--json", str(out), "--override", *tiny], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "| quickstart |" in run.stdout
+    [row] = json.loads(out.read_text())
+    assert row["batch_size"] == 4 and row["compile"] is False and row["device"] == "cpu"
+    assert row["achieved_gflops"] * row["step_seconds"] == pytest.approx(row["train_gflop_per_step"])
+    assert row["mfu"] == pytest.approx(row["achieved_gflops"] / row["peak_gflops"])
+    assert 0 < row["data_loading_share"] < 1
+    assert row["inference"]["fixed"]["mean_steps"] == 2
