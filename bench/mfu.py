@@ -124,7 +124,8 @@ def time_inference(model, loader, runner, device) -> Dict[str, float]:
             "mean_steps": act_steps / max(puzzles, 1)}
 
 
-def run_case(name: str, args) -> dict:
+def run_case(name: str, args, work: Path) -> dict:
+    """Train, time and infer one case; its synthetic dataset goes under `work`."""
     from inference.halting import AdaptiveHalting
     from training.builders import create_dataloader, create_loss_head, create_optimizers
     from training.checkpoint import load_weights_file
@@ -138,7 +139,6 @@ def run_case(name: str, args) -> dict:
         case = replace(case, batch_size=args.batch_size)
     device = pick_device(args.device) if args.release_freed_memory else setup_device(args.device)
     torch.manual_seed(0)
-    work = Path(tempfile.mkdtemp(prefix="bench-mfu-"))
     steps = args.warmup + args.steps
     write_synthetic_dataset(work / "data", case, train_examples=case.batch_size * (steps + 1),
                             test_examples=case.batch_size * args.infer_batches)
@@ -241,7 +241,8 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.in_process:
-        print("RESULT " + json.dumps(run_case(args.case[0], args)))
+        with tempfile.TemporaryDirectory(prefix="bench-mfu-") as work:
+            print("RESULT " + json.dumps(run_case(args.case[0], args, Path(work))))
         return
     results = []
     for name in args.case:

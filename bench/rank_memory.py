@@ -22,14 +22,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--global-batch-size", type=int, default=256)
-    parser.add_argument("--hidden-size", type=int, default=256)
-    args = parser.parse_args()
-
-    work = Path(tempfile.mkdtemp(prefix="rank-memory-"))
+def peak_rss_per_rank(args, work: Path) -> dict:
+    """{processes: {rank: peak RSS in MB}} of short pretrain.py runs on a small 9x9 Sudoku set built under `work`."""
     data = work / "sudoku9"
     subprocess.run([sys.executable, "-m", "dataset.build_sudoku_dataset", "--output-dir", str(data), "--size", "9",
                     "--generate", "64", "--generate-test", "8", "--num-aug", "16"], cwd=ROOT, check=True, capture_output=True)
@@ -50,6 +44,17 @@ def main() -> None:
         results[nproc] = peaks
         print(f"{nproc} process(es), global batch {args.global_batch_size}: peak RSS per rank (MB) "
               + ", ".join(f"rank {r}: {mb}" for r, mb in sorted(peaks.items())))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--global-batch-size", type=int, default=256)
+    parser.add_argument("--hidden-size", type=int, default=256)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="rank-memory-") as work:
+        results = peak_rss_per_rank(args, Path(work))
     base = max(results[min(results)].values())
     for nproc, peaks in sorted(results.items()):
         print(f"{nproc} ranks: max per-rank peak {max(peaks.values())} MB = {max(peaks.values()) / base:.2f}x of {min(results)} rank(s)")
