@@ -3,7 +3,6 @@
 On CUDA the fused kernel of the optional `adam_atan2` package is used when it imports; everywhere else (CPU, MPS,
 or no package) a multi-tensor PyTorch implementation of the same rule. The state layout (`step`, `exp_avg`,
 `exp_avg_sq`) is the package's, so optimizer state dicts carry over between the two paths."""
-import math
 from typing import List
 
 import torch
@@ -21,26 +20,30 @@ def _fused_kernel():
 def adam_atan2_foreach_(params: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: List[torch.Tensor],
                         exp_avg_sqs: List[torch.Tensor], steps: List[torch.Tensor], beta1: float, beta2: float,
                         lr: float, weight_decay: float) -> None:
-    """One step for tensors sharing a device and dtype; steps are incremented here."""
+    """One step for tensors sharing a device and dtype; steps are incremented here. Each tensor's bias corrections
+    come from its own step count (some may have got gradients later than others), computed on its device so the
+    step never waits for the host."""
     torch._foreach_add_(steps, 1)
-    # Tensors share one step count unless some got gradients later than others: bias corrections per count.
-    by_step = {}
-    for i, step_t in enumerate(steps):
-        by_step.setdefault(int(step_t.item()), []).append(i)
-    for step, idx in by_step.items():
-        p = [params[i] for i in idx]
-        g = [grads[i].to(params[i].dtype) for i in idx]
-        m = [exp_avgs[i] for i in idx]
-        v = [exp_avg_sqs[i] for i in idx]
-        bias_correction1 = 1 - beta1 ** step
-        bias_correction2_sqrt = math.sqrt(1 - beta2 ** step)
-        torch._foreach_mul_(p, 1 - lr * weight_decay)
-        torch._foreach_lerp_(m, g, 1 - beta1)
-        torch._foreach_lerp_(v, torch._foreach_mul(g, g), 1 - beta2)
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, bias_correction2_sqrt)
-        updates = [torch.atan2(mi, di) for mi, di in zip(m, denom)]
-        torch._foreach_add_(p, updates, alpha=-lr / bias_correction1)
+    # In the parameters' precision (at least float32): float64 parameters keep float64-exact corrections.
+    counts = [s.to(torch.promote_types(p.dtype, torch.float32)) for s, p in zip(steps, params)]
+    neg_step_sizes = torch._foreach_pow(beta1, counts)          # -lr / (1 - beta1^t)
+    torch._foreach_sub_(neg_step_sizes, 1)
+    torch._foreach_reciprocal_(neg_step_sizes)
+    torch._foreach_mul_(neg_step_sizes, lr)
+    bias_correction2_sqrt = torch._foreach_pow(beta2, counts)  # sqrt(1 - beta2^t)
+    torch._foreach_neg_(bias_correction2_sqrt)
+    torch._foreach_add_(bias_correction2_sqrt, 1)
+    torch._foreach_sqrt_(bias_correction2_sqrt)
+
+    grads = [g.to(p.dtype) for g, p in zip(grads, params)]
+    torch._foreach_mul_(params, 1 - lr * weight_decay)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_lerp_(exp_avg_sqs, torch._foreach_mul(grads, grads), 1 - beta2)
+    denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denom, bias_correction2_sqrt)
+    updates = [torch.atan2(m, d) for m, d in zip(exp_avgs, denom)]
+    torch._foreach_mul_(updates, neg_step_sizes)
+    torch._foreach_add_(params, updates)
 
 
 class AdamATan2(Optimizer):

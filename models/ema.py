@@ -37,7 +37,13 @@ class EMAHelper:
                 p.copy_(self.shadow[name])
 
     def ema_copy(self, module: nn.Module) -> nn.Module:
-        module_copy = copy.deepcopy(_unwrap(module))
+        """A copy of `module` holding the shadow weights. Only the shadowed parameters get storage of their own:
+        every other tensor (buffers such as the puzzle-embedding table, frozen parameters) is `module`'s own, so
+        the copy stays current as training updates them. Build it once and refresh it with `ema(copy)` before each
+        use: a compiled copy then keeps its graph."""
+        live = _unwrap(module)
+        shared = {id(t): t for name, t in [*live.named_parameters(), *live.named_buffers()] if name not in self.shadow}
+        module_copy = copy.deepcopy(live, memo=shared)
         self.ema(module_copy)
         return module_copy
 

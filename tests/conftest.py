@@ -6,7 +6,18 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 os.environ.setdefault("WANDB_SILENT", "true")
 
+import pytest
 import torch
 
 # Tiny tensors on a shared 2-core machine: one intra-op thread avoids oversubscription stalls.
 torch.set_num_threads(1)
+
+# Tests marked `device` take the `device` fixture: the CPU by default, TEST_DEVICE=cuda (or mps) runs them there
+# (python -m bench.gpu does: TEST_DEVICE=cuda pytest -m device).
+TEST_DEVICE = os.environ.get("TEST_DEVICE", "cpu")
+
+
+@pytest.fixture
+def device() -> torch.device:
+    from training.device import pick_device
+    return pick_device(TEST_DEVICE)  # an unavailable device fails here, it is not skipped

@@ -15,3 +15,21 @@ def build_sudoku4(out: Path, n_train: int, n_test: int, num_aug: int, seed: int 
                     "--generate", str(n_train), "--generate-test", str(n_test), "--num-aug", str(num_aug),
                     "--seed", str(seed), "--workers", "1"], cwd=ROOT, check=True, capture_output=True, env=ENV)
     return out
+
+
+def tiny_head(hidden_size=16, num_puzzle_identifiers=4):
+    """A loss head around a TRM of a few hundred weights: batch 3 of 4 tokens (vocabulary 5), ACT up to 4 steps."""
+    from models.losses import ACTLossHead
+    from models.recursive_reasoning.trm import TinyRecursiveReasoningModel_ACTV1
+    return ACTLossHead(TinyRecursiveReasoningModel_ACTV1(dict(
+        batch_size=3, seq_len=4, vocab_size=5, num_puzzle_identifiers=num_puzzle_identifiers, H_cycles=1, L_cycles=1,
+        L_layers=1, hidden_size=hidden_size, expansion=2, num_heads=2, pos_encodings="rope", puzzle_emb_ndim=hidden_size,
+        halt_max_steps=4, halt_exploration_prob=0.5, forward_dtype="float32")), loss_type="softmax_cross_entropy")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a test's own process group."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

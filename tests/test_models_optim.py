@@ -130,3 +130,40 @@ def test_ema_shadow_update_and_copy():
     restored = EMAHelper(mu=0.9)
     restored.load_state_dict(ema.state_dict())
     torch.testing.assert_close(restored.shadow["weight"], torch.full((1, 2), 1.38))
+
+
+@pytest.mark.device
+def test_adam_atan2_reads_nothing_back_to_the_host_and_keeps_each_tensors_step_count(device, monkeypatch):
+    """The second tensor gets gradients from the second step on, so its bias corrections use its own count; the
+    step never reads a value back to the host (on CUDA the sync debug mode would raise too)."""
+    rng = np.random.default_rng(2)
+    p0 = [rng.normal(size=(3, 4)), rng.normal(size=(5,))]
+    grads = [[rng.normal(size=p.shape) for _ in range(4)] for p in p0]
+    lr, b1, b2, wd = 0.05, 0.9, 0.95, 0.1
+    dtype = torch.float64 if device.type == "cpu" else torch.float32  # MPS has no float64
+    params = [torch.nn.Parameter(torch.tensor(p, dtype=dtype, device=device)) for p in p0]
+    opt = AdamATan2(params, lr=lr, betas=(b1, b2), weight_decay=wd)
+    opt._fused = None  # the pure-PyTorch path, also where the fused package is installed
+
+    def host_read(*args, **kwargs):
+        raise AssertionError("the optimizer step read a tensor's value on the host")
+
+    for name in ("item", "tolist", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    on_device = [[torch.tensor(g, dtype=dtype, device=device) for g in per_param] for per_param in grads]
+    if device.type == "cuda":
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(4):
+            params[0].grad = on_device[0][step]
+            params[1].grad = on_device[1][step] if step else None
+            opt.step()
+    finally:
+        if device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+        monkeypatch.undo()
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    for p, p_init, g, steps in zip(params, p0, (grads[0], grads[1][1:]), (4, 3)):
+        expected, _, _ = numpy_adam_atan2(p_init, g, lr, b1, b2, wd)
+        np.testing.assert_allclose(p.detach().cpu().numpy(), expected, rtol=tolerance, atol=tolerance)
+        assert opt.state[p]["step"].item() == steps

@@ -57,3 +57,21 @@ def test_disabled_writes_only_jsonl(tmp_path):
     tracker.finish()
     assert not (tmp_path / "wandb").exists()
     assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"step": 3, "a": 1.0}
+
+
+def test_metrics_file_stays_open_and_is_written_through_on_flush_interval_and_finish(tmp_path, monkeypatch):
+    monkeypatch.setattr(Tracker, "FLUSH_SECONDS", 3600.0)
+    tracker = Tracker(_config("disabled", tmp_path), str(tmp_path))
+    path = tmp_path / "metrics.jsonl"
+    tracker.log({"a": 1}, step=1)
+    assert path.read_text() == "", "no write per step"
+    tracker.flush()  # pretrain.py flushes before each checkpoint
+    assert json.loads(path.read_text()) == {"step": 1, "a": 1.0}
+    tracker.log({"a": 2}, step=2)
+    monkeypatch.setattr(Tracker, "FLUSH_SECONDS", 0.0)
+    tracker.log({"a": 3}, step=3)  # the interval has passed
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+    monkeypatch.setattr(Tracker, "FLUSH_SECONDS", 3600.0)
+    tracker.log({"a": 4}, step=4)
+    tracker.finish()
+    assert len(path.read_text().splitlines()) == 4

@@ -1,8 +1,12 @@
 """Pick the device, the forward dtype it supports, and whether to torch.compile."""
+import contextlib
 import os
-from typing import Optional
+import shutil
+from typing import Optional, Tuple
 
 import torch
+
+from training.config import ConfigError
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -24,6 +28,7 @@ def setup_device(requested: str = "auto") -> torch.device:
     device = pick_device(requested)
     if device.type == "cpu":
         keep_freed_cpu_memory()
+    enable_tf32(device)
     return device
 
 
@@ -44,15 +49,48 @@ def _bf16_matmul_works() -> bool:
         return False
 
 
+# The first CUDA compute capability with bfloat16 and TF32 tensor cores (Ampere); older GPUs emulate bfloat16, slower.
+AMPERE = (8, 0)
+
+
+def ampere_or_newer(cuda_capability: Optional[Tuple[int, int]]) -> bool:
+    return cuda_capability is not None and tuple(cuda_capability) >= AMPERE
+
+
+def choose_forward_dtype(requested: str, device_type: str, cuda_capability: Optional[Tuple[int, int]] = None,
+                         bf16_native: bool = False) -> str:
+    """bfloat16 only where the hardware computes it natively, else float32. CUDA decides by compute capability
+    (torch.cuda.is_bf16_supported() also counts emulation); MPS and CPUs by `bf16_native`."""
+    if requested != "bfloat16":
+        return requested
+    native = ampere_or_newer(cuda_capability) if device_type == "cuda" else bf16_native
+    return "bfloat16" if native else "float32"
+
+
 def resolve_forward_dtype(requested: str, device: torch.device) -> str:
-    """bfloat16 where the device supports it, else float32 (the name, as the model config wants it)."""
+    """bfloat16 where the device supports it natively, else float32 (the name, as the model config wants it)."""
     if requested != "bfloat16":
         return requested
     if device.type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    if device.type == "mps":
-        return "bfloat16" if _bf16_matmul_works() else "float32"
-    return "bfloat16" if _cpu_has_fast_bf16() else "float32"
+        return choose_forward_dtype(requested, "cuda", cuda_capability=torch.cuda.get_device_capability(device))
+    native = _bf16_matmul_works() if device.type == "mps" else _cpu_has_fast_bf16()
+    return choose_forward_dtype(requested, device.type, bf16_native=native)
+
+
+def enable_tf32(device: torch.device) -> bool:
+    """float32 matrix products on TF32 tensor cores where the GPU has them (~8x the float32 rate, 10-bit mantissa
+    inputs with float32 accumulation, as PyTorch's `high` precision); True when turned on."""
+    if device.type != "cuda" or not ampere_or_newer(torch.cuda.get_device_capability(device)):
+        return False
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
+    return True
+
+
+def describe_precision(forward_dtype: str, device: torch.device) -> str:
+    """The start-up line's dtype: the forward dtype, and whether float32 products run on TF32."""
+    tf32 = device.type == "cuda" and torch.get_float32_matmul_precision() != "highest"
+    return f"{forward_dtype} (TF32 matmuls)" if tf32 and forward_dtype == "float32" else forward_dtype
 
 
 def should_compile(requested: Optional[bool], device: torch.device) -> bool:
@@ -63,14 +101,50 @@ def should_compile(requested: Optional[bool], device: torch.device) -> bool:
     return requested
 
 
+def cpp_toolchain_available() -> bool:
+    """Whether a C++ compiler is on PATH: the CPU backend of torch.compile builds its kernels with it."""
+    names = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+    return any(name and shutil.which(name) for name in names)
+
+
 def maybe_compile(module: torch.nn.Module, requested: Optional[bool], device: torch.device) -> torch.nn.Module:
-    """torch.compile when asked (or by default on CUDA). A machine without a working C++ toolchain for the CPU
-    backend falls back to eager with a warning instead of failing the run."""
+    """torch.compile when asked (or by default on CUDA). A compile failure stops the run (see
+    compile_failures_stop_the_run), except on a CPU machine without a C++ toolchain, where each graph that cannot
+    be built falls back to eager with a warning."""
     if not should_compile(requested, device):
         return module
-    import torch._dynamo
-    torch._dynamo.config.suppress_errors = True
+    if device.type == "cpu" and not cpp_toolchain_available():
+        import torch._dynamo as dynamo  # `import torch._dynamo` would make `torch` local to this function
+        print("warning: no C++ compiler found (g++/clang++): torch.compile runs what it cannot build eagerly; "
+              "install one, or set compile=False to skip compiling")
+        dynamo.config.suppress_errors = True
+    print("torch.compile: the model compiles on its first steps and first evaluation (a minute or more); compile=False skips it")
     return torch.compile(module)
+
+
+COMPILE_OFF_HINT = "run without compiling with compile=False (or DISABLE_COMPILE=1)"
+
+
+def compile_failure(exc: BaseException) -> Optional[str]:
+    """One line for an exception raised by torch.compile (Dynamo, Inductor, the C++ or Triton toolchain), else None."""
+    from torch._dynamo.exc import TorchDynamoException
+    from torch._inductor.exc import CppCompileError, InvalidCxxCompiler, OperatorIssue
+    if not isinstance(exc, (TorchDynamoException, CppCompileError, InvalidCxxCompiler, OperatorIssue)):
+        return None
+    detail = " ".join(str(exc).split())[:300] or "no detail"
+    return f"torch.compile failed ({type(exc).__name__}: {detail}); {COMPILE_OFF_HINT}"
+
+
+@contextlib.contextmanager
+def compile_failures_stop_the_run():
+    """A compile failure is never silent: it becomes one ConfigError line that names how to turn compilation off."""
+    try:
+        yield
+    except Exception as e:
+        message = compile_failure(e)
+        if message is None:
+            raise
+        raise ConfigError(message) from e
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4   # glibc mallopt parameters (malloc.h)

@@ -1,11 +1,13 @@
 """SIGTERM (preemption) and SIGINT (Ctrl-C) stop training cleanly: the current step finishes, a checkpoint is saved
 and the process exits with 128 + the signal number (143, 130), so schedulers and shells see an interrupted run."""
 import signal
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+AGREE_EVERY = 10   # steps between the ranks' all_reduce of their signal flags (it costs a host round trip)
 
 
 class GracefulStop:
@@ -32,9 +34,13 @@ class GracefulStop:
         if signum == signal.SIGINT:  # a second Ctrl-C interrupts at once
             signal.signal(signal.SIGINT, self._previous.get(signal.SIGINT, signal.default_int_handler))
 
-    def requested(self) -> bool:
-        """Whether to stop now; with several ranks, all stop at the same step once any of them got a signal."""
+    def requested(self, step: Optional[int] = None) -> bool:
+        """Whether to stop now. With several ranks all stop at the same step once any of them got a signal: they
+        compare flags on steps that are multiples of AGREE_EVERY (every rank calls with the same steps), or at once
+        when `step` is None."""
         if self.dist_info.world_size > 1:
+            if step is not None and step % AGREE_EVERY:
+                return self.stopping  # a local signal waits for the next agreement step
             flag = torch.tensor([self.signum], dtype=torch.int64)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.dist_info.cpu_group)
             self.signum = self.signum or int(flag.item())

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import time
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -39,11 +40,16 @@ def flatten_metrics(metrics: Dict[str, Any], prefix: str = "") -> Dict[str, floa
 
 
 class Tracker:
-    """Rank 0's logger. `run_id` continues an earlier W&B run (resume)."""
+    """Rank 0's logger. `run_id` continues an earlier W&B run (resume). metrics.jsonl stays open and is written
+    through every FLUSH_SECONDS, on flush() (checkpoints call it, so a crash loses no record a resume keeps) and at
+    finish()."""
+    FLUSH_SECONDS = 2.0
 
     def __init__(self, config, run_dir: str, run_id: Optional[str] = None):
         os.makedirs(run_dir, exist_ok=True)
         self.jsonl_path = os.path.join(run_dir, "metrics.jsonl")
+        self._jsonl = open(self.jsonl_path, "a")
+        self._flushed_at = time.monotonic()
         self.mode = resolve_wandb_mode(config.wandb.mode)
         self.run = None
         if self.mode != "disabled":
@@ -60,6 +66,9 @@ class Tracker:
                 print(f"W&B online init failed ({type(e).__name__}: {e}); logging offline into {run_dir}")
                 self.mode = "offline"
                 self.run = wandb.init(mode="offline", **kwargs)
+            if self.mode == "offline":
+                where = os.path.dirname(self.run.dir)  # <run dir>/wandb/offline-run-*/ (run.dir is its files/)
+                print(f"W&B is offline: the run is kept in {where}; upload it later with: wandb sync {where}")
 
     @property
     def run_id(self) -> Optional[str]:
@@ -67,10 +76,16 @@ class Tracker:
 
     def log(self, metrics: Dict[str, Any], step: int) -> None:
         flat = flatten_metrics(metrics)
-        with open(self.jsonl_path, "a") as f:
-            f.write(json.dumps({"step": step, **{k: (None if math.isnan(v) else v) for k, v in flat.items()}}) + "\n")
+        self._jsonl.write(json.dumps({"step": step, **{k: (None if math.isnan(v) else v) for k, v in flat.items()}}) + "\n")
+        if time.monotonic() - self._flushed_at >= self.FLUSH_SECONDS:
+            self.flush()
         if self.run is not None:
             self.run.log(flat, step=step)
+
+    def flush(self) -> None:
+        if not self._jsonl.closed:
+            self._jsonl.flush()
+        self._flushed_at = time.monotonic()
 
     def log_images(self, images: Dict[str, Any], step: int) -> None:
         if self.run is not None:
@@ -82,6 +97,7 @@ class Tracker:
             self.run.summary[key] = value
 
     def finish(self) -> None:
+        self._jsonl.close()
         if self.run is not None:
             self.run.finish()
             self.run = None
