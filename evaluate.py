@@ -26,7 +26,7 @@ from models.lm import ARCH_NAME as LM_ARCH_NAME
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
 from training.builders import create_evaluators
 from training.config import ConfigError, EvaluatorConfig, format_validation_error
-from training.device import setup_device
+from training.device import compile_failures_stop_the_run, describe_precision, maybe_compile, setup_device
 from training.distributed import DistInfo, init_distributed, shutdown_distributed
 from training.loop import evaluate
 
@@ -46,6 +46,7 @@ class EvaluateConfig(pydantic.BaseModel):
     output_dir: Optional[str] = None
     max_batches: Optional[pydantic.PositiveInt] = None
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    compile: Optional[bool] = None
     forward_dtype: Optional[Literal["bfloat16", "float32", "float16"]] = None
 
 
@@ -183,6 +184,7 @@ def write_visuals(loaded: LoadedCheckpoint, dataset: PuzzleDataset, kind: Option
     return written
 
 
+@compile_failures_stop_the_run()
 def run(options: EvaluateConfig, dist_info: DistInfo) -> Optional[Dict[str, Any]]:
     device = setup_device(options.device)
     weights = find_weights(options.checkpoint)
@@ -212,11 +214,14 @@ def run(options: EvaluateConfig, dist_info: DistInfo) -> Optional[Dict[str, Any]
     loaded = load_checkpoint(weights, device, metadata=metadata, arch=arch, batch_size=global_batch_size // dist_info.world_size,
                              data_name=",".join(data_paths), forward_dtype=options.forward_dtype)
     make_evaluators(evaluator_configs, metadata, data_paths)  # bad evaluator options fail before any model work
+    model = maybe_compile(loaded.head, options.compile, device)  # by default on CUDA, as training
     step = step_of(weights) or 0
     output_dir = Path(options.output_dir or weights.parent / f"eval_step_{step}")
     loader = SizedLoader(dataset, count_test_batches(data_paths, metadata.sets, global_batch_size))
     if dist_info.is_main:
-        print(f"Evaluating {weights} ({loaded.arch['name'].split('@')[-1]}, dtype {loaded.forward_dtype}, device {device}) "
+        print(f"Evaluating {weights} ({loaded.arch['name'].split('@')[-1]}, "
+              f"dtype {describe_precision(loaded.forward_dtype, device)}, device {device}"
+              f"{', compiled' if model is not loaded.head else ''}) "
               f"on {', '.join(data_paths)}: {len(loader)} batches of {global_batch_size}, halt={options.halt}")
 
     results: Dict[str, Dict[str, Any]] = {}
@@ -224,7 +229,7 @@ def run(options: EvaluateConfig, dist_info: DistInfo) -> Optional[Dict[str, Any]
     for mode in MODES[options.halt]:
         evaluators = make_evaluators(evaluator_configs, metadata, data_paths)  # fresh: ARC votes must not carry over
         runner = AdaptiveHalting(options.halt_threshold) if mode == "adaptive" else None
-        metrics = evaluate(loaded.head, loader, metadata, evaluators, dist_info, device, save_dir=str(output_dir / mode),
+        metrics = evaluate(model, loader, metadata, evaluators, dist_info, device, save_dir=str(output_dir / mode),
                            step=step, max_batches=options.max_batches, progress=True, batch_runner=runner)
         if dist_info.is_main:
             results[mode] = with_intervals(metrics, evaluators)

@@ -16,10 +16,12 @@ from training.builders import (copy_run_files, create_dataloader, create_evaluat
                                create_optimizers, ensure_dataset)
 from training.checkpoint import Checkpointer, load_weights_file, prepare_resume, read_training_state, rewind_metrics
 from training.config import ConfigError, PretrainConfig, validate_config
-from training.device import maybe_compile, resolve_forward_dtype, setup_device
+from training.device import (compile_failures_stop_the_run, describe_precision, maybe_compile, resolve_forward_dtype,
+                             setup_device)
 from training.distributed import DistInfo, init_distributed, shutdown_distributed
 from training.loop import TrainState, eval_summary_line, evaluate, final_summary_line, train_batch
 from training.preemption import GracefulStop
+from training.prefetch import prefetch_depth, prefetched
 from training.schedule import total_training_steps
 from training.tracking import Tracker
 from training.visuals import dataset_kind, reasoning_images
@@ -59,6 +61,7 @@ def launch(cfg: DictConfig) -> dict:
         shutdown_distributed()
 
 
+@compile_failures_stop_the_run()
 def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
     seed_everything(config.seed + dist_info.rank)
     device = setup_device(config.device)
@@ -70,6 +73,8 @@ def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
     train_epochs_per_iter = config.eval_interval or config.epochs
     total_iters = config.epochs // train_epochs_per_iter
     train_loader, train_metadata = create_dataloader(config, "train", dist_info, epochs_per_iter=train_epochs_per_iter)
+    # read ahead in a thread, pinned for asynchronous copies to a GPU; checkpoints record the batches consumed
+    train_batches = prefetched(train_loader, prefetch_depth(config.prefetch_batches, device), pin=device.type == "cuda")
     try:
         eval_loader, eval_metadata = create_dataloader(config, "test", dist_info, test_set_mode=True,
                                                        data_paths=config.data_paths_test or None)
@@ -107,7 +112,8 @@ def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
         if resume_state is None:
             tracker.log({"num_params": num_params}, step=0)
         print(f"{config.arch.name}: {num_params:,} parameters, {state.total_steps} steps, device {device}, "
-              f"dtype {forward_dtype}, world size {dist_info.world_size}, checkpoints in {config.checkpoint_path}")
+              f"dtype {describe_precision(forward_dtype, device)}, world size {dist_info.world_size}, "
+              f"checkpoints in {config.checkpoint_path}")
 
     ema = None
     if config.ema:
@@ -116,25 +122,34 @@ def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
 
     checkpointer = Checkpointer(config.checkpoint_path, config.checkpoint_interval, config.checkpoint_keep, dist_info)
     def save_checkpoint(next_iter: int, keep_weights: bool = False):
-        checkpointer.save(state, ema, train_loader, config, tracker and tracker.run_id, next_iter, device, keep_weights)
+        if tracker is not None:
+            tracker.flush()  # the records up to the checkpoint reach the file before it does
+        checkpointer.save(state, ema, train_batches, config, tracker and tracker.run_id, next_iter, device, keep_weights)
 
     start_iter = 0
     if resume_state is not None:  # last before training: it also restores the RNGs
-        start_iter = checkpointer.restore(resume_state, state, ema, train_loader, device)
+        start_iter = checkpointer.restore(resume_state, state, ema, train_batches, device)
         if dist_info.is_main:
             print(f"Resumed {config.checkpoint_path} at step {state.step} from {config.resume}")
         del resume_state
 
     start_time = time.time()
-    progress = tqdm.tqdm(total=state.total_steps, initial=state.step, disable=not dist_info.is_main, dynamic_ncols=True)
+    progress = tqdm.tqdm(total=state.total_steps, initial=state.step, disable=not dist_info.is_main, dynamic_ncols=True,
+                         mininterval=0.5)  # redrawn twice a second at most, not on every step
     last_eval = {}
     clock = TrainingClock(config.max_train_seconds, config.eval_every_seconds, dist_info, now=CLOCKS[config.budget_clock])
 
+    # One evaluation model, compiled once so that every evaluation reuses its graph: the EMA copy (refreshed in place
+    # before each evaluation), else the training weights themselves.
+    eval_head = ema.ema_copy(head) if ema is not None else head
+    eval_model = maybe_compile(eval_head, config.compile if config.compile_eval is None else config.compile_eval, device)
+
     def evaluate_and_log():
         nonlocal last_eval
-        eval_head = ema.ema_copy(head) if ema is not None else head
-        eval_head.eval()
-        eval_metrics = evaluate(eval_head, eval_loader, eval_metadata, evaluators, dist_info, device,
+        if ema is not None:
+            ema.ema(eval_head)
+        eval_model.eval()
+        eval_metrics = evaluate(eval_model, eval_loader, eval_metadata, evaluators, dist_info, device,
                                 save_outputs=config.eval_save_outputs, save_dir=config.checkpoint_path,
                                 step=state.step, max_batches=config.eval_max_batches)
         if dist_info.is_main:
@@ -145,14 +160,13 @@ def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
                 tracker.log_images(reasoning_images(eval_head, first_batch, reasoning_kind, n=4), step=state.step)
             progress.write(eval_summary_line(state.step, eval_metrics))
             last_eval = eval_metrics
-        del eval_head
         model.train()
 
     stop = GracefulStop(dist_info).install()  # SIGTERM/SIGINT: finish the step, save, exit
     for iter_id in range(start_iter, total_iters):
         model.train()
         clock.resume()
-        for _, batch, global_batch_size in train_loader:
+        for _, batch, global_batch_size in train_batches:
             if state.step >= state.total_steps:
                 break
             metrics = train_batch(state, batch, global_batch_size, config.lr_warmup_steps, config.lr_min_ratio,
@@ -164,9 +178,9 @@ def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
             if metrics is not None and "train/accuracy" in metrics:
                 progress.set_postfix(loss=f"{metrics.get('train/lm_loss', float('nan')):.3f}",
                                      acc=f"{metrics.get('train/accuracy', float('nan')):.3f}",
-                                     exact=f"{metrics.get('train/exact_accuracy', float('nan')):.3f}")
+                                     exact=f"{metrics.get('train/exact_accuracy', float('nan')):.3f}", refresh=False)
             progress.update(1)
-            if stop.requested() or checkpointer.due(state.step):
+            if stop.requested(state.step) or checkpointer.due(state.step):
                 with clock.paused():
                     save_checkpoint(next_iter=iter_id)
             if stop.stopping:

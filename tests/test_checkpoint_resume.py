@@ -16,13 +16,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from models.losses import ACTLossHead
-from models.recursive_reasoning.trm import TinyRecursiveReasoningModel_ACTV1
-from training.checkpoint import (atomic_torch_save, capture_rng, find_state_file, load_weights_file,
-                                 remove_stale_temporaries, restore_carry, restore_rng, resumed_config, save_weights,
-                                 to_plain)
+from training.checkpoint import (STATE_FORMAT, atomic_torch_save, capture_rng, find_state_file, load_weights_file,
+                                 read_training_state, remove_stale_temporaries, restore_carry, restore_rng,
+                                 resumed_config, save_weights, to_plain)
 from training.config import ConfigError
-from tests.helpers import build_sudoku4
+from tests.helpers import build_sudoku4, tiny_head
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, WANDB_MODE="disabled", DISABLE_COMPILE="1", HYDRA_FULL_ERROR="0", OMP_NUM_THREADS="1")
@@ -159,13 +157,6 @@ def test_sigkill_during_a_save_leaves_the_previous_file_loadable(tmp_path):
     assert killed_mid_save >= 1, "no kill landed inside a save; the test proved nothing"
 
 
-def tiny_head(hidden_size=16, num_puzzle_identifiers=4):
-    return ACTLossHead(TinyRecursiveReasoningModel_ACTV1(dict(
-        batch_size=3, seq_len=4, vocab_size=5, num_puzzle_identifiers=num_puzzle_identifiers, H_cycles=1, L_cycles=1,
-        L_layers=1, hidden_size=hidden_size, expansion=2, num_heads=2, pos_encodings="rope", puzzle_emb_ndim=hidden_size,
-        halt_max_steps=4, halt_exploration_prob=0.5, forward_dtype="float32")), loss_type="softmax_cross_entropy")
-
-
 def test_reference_layout_files_load_and_ours_are_reference_layout(tmp_path):
     torch.manual_seed(0)
     source = tiny_head()
@@ -268,5 +259,39 @@ def test_resume_finds_the_run_and_keeps_its_fixed_keys(tmp_path):
     config = resumed_config(saved, cli, ["resume=x", "lr=3e-4"], str(project / "old" / "state_10.pt"))
     assert config.lr == 3e-4 and config.data_paths == ["d"] and config.run_name == "r"
     assert config.checkpoint_path == str(project / "old")
-    with pytest.raises(ConfigError, match=r"resume: global_batch_size was 768 .* but is now 64"):
+    with pytest.raises(ConfigError, match=r"resume: global_batch_size was 768, now 64 since"):
         resumed_config(saved, cli, ["resume=x", "global_batch_size=64"], str(project / "old" / "state_10.pt"))
+
+
+@pytest.mark.slow
+def test_resume_from_a_checkpoint_taken_while_prefetching_equals_the_uninterrupted_run(sudoku4, uninterrupted, tmp_path):
+    run = tmp_path / "prefetched"
+    rc, _, err = run_pretrain([f"data_paths=[{sudoku4}]", *TINY, "prefetch_batches=3", "checkpoint_interval=5",
+                               "checkpoint_keep=null", f"+checkpoint_path={run}"], cwd=tmp_path)
+    assert rc == 0, err[-3000:]
+    assert metrics(run) == metrics(uninterrupted), "reading ahead changes no batch"
+    # Step 5 is mid-pass (12 steps each) with up to 3 batches read ahead: the state must count the 5 consumed.
+    rc, out, err = run_pretrain([f"resume={run / 'state_5.pt'}"], cwd=tmp_path)
+    assert rc == 0, err[-3000:]
+    assert f"Resumed {run} at step 5" in out
+    assert metrics(run) == metrics(uninterrupted)
+    assert_same_weights(run / "step_24", uninterrupted / "step_24")
+
+
+def mapped_file(address: int):
+    """The file mapped at this address of the process (Linux /proc/self/maps), or None."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        low, high = (int(x, 16) for x in fields[0].split("-"))
+        if low <= address < high:
+            return fields[5].strip() if len(fields) == 6 else None
+    return None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_the_training_state_is_read_memory_mapped(tmp_path):
+    path = atomic_torch_save({"format": STATE_FORMAT, "step": 1, "model": {"w": torch.arange(6.0)}, "optimizers": [],
+                              "ranks": [], "config": {}}, str(tmp_path / "state_1.pt"))
+    state = read_training_state(path)
+    assert torch.equal(state["model"]["w"], torch.arange(6.0))
+    assert mapped_file(state["model"]["w"].data_ptr()) == path, "a view of the file, not a private copy"

@@ -81,12 +81,13 @@ def remove_stale_temporaries(directory: str) -> None:
                 os.remove(os.path.join(directory, name))
 
 
-def read_checkpoint_file(path: str, what: str) -> Dict[str, Any]:
-    """torch.load(weights_only=True) of a dict, or one ConfigError line naming the file and the problem."""
+def read_checkpoint_file(path: str, what: str, mmap: bool = False) -> Dict[str, Any]:
+    """torch.load(weights_only=True) of a dict, or one ConfigError line naming the file and the problem. `mmap`:
+    tensors stay views of the file (pages read when used, shared between the processes of a node)."""
     if not os.path.isfile(path):
         raise ConfigError(f"{what} '{path}' not found: give an existing file (<run dir>/step_<N> or state_<N>.pt)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
         text = str(e).strip()
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
@@ -239,7 +240,8 @@ def find_state_file(resume: str, project_dir: str) -> str:
 
 
 def read_training_state(path: str) -> Dict[str, Any]:
-    state = read_checkpoint_file(path, "resume file")
+    # Memory-mapped: the N ranks of a node share one copy in the page cache instead of holding N.
+    state = read_checkpoint_file(path, "resume file", mmap=True)
     if state.get("format") != STATE_FORMAT:
         raise ConfigError(f"resume file '{path}' is not a training state ({STATE_FORMAT}); a weights-only file "
                           f"starts a new run with +load_checkpoint=<file>")

@@ -77,6 +77,8 @@ class PretrainConfig(_Strict):
 
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     compile: Optional[bool] = None
+    compile_eval: Optional[bool] = None
+    prefetch_batches: Optional[pydantic.NonNegativeInt] = None
     grad_clip: Optional[pydantic.PositiveFloat] = None
     eval_max_batches: Optional[pydantic.PositiveInt] = None
     max_train_seconds: Optional[pydantic.PositiveFloat] = None
