@@ -7,7 +7,6 @@ Language-model runs (arch=trm_lm) also get the held-out mean token loss and perp
 import json
 import math
 import os
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Dict, List, Literal, Optional
@@ -22,13 +21,16 @@ from evaluators.stats import add_wilson_intervals
 from inference.halting import AdaptiveHalting
 from inference.loading import (InputError, LoadedCheckpoint, find_weights, guess_kind, load_checkpoint, load_run_config,
                                run_hints, step_of, test_split_paths)
+from dataset.validate import check_dataset
 from models.lm import ARCH_NAME as LM_ARCH_NAME
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
-from training.builders import create_evaluators
+from training.builders import create_evaluators, fit_evaluators
 from training.config import ConfigError, EvaluatorConfig, format_validation_error
 from training.device import compile_failures_stop_the_run, describe_precision, maybe_compile, setup_device
 from training.distributed import DistInfo, init_distributed, shutdown_distributed
 from training.loop import evaluate
+from utils.errors import user_errors
+from utils.hydra_cli import check_command_line
 
 MODES = {"fixed": ["fixed"], "adaptive": ["adaptive"], "both": ["fixed", "adaptive"]}
 
@@ -41,7 +43,7 @@ class EvaluateConfig(pydantic.BaseModel):
     evaluators: Optional[List[EvaluatorConfig]] = None
     global_batch_size: Optional[pydantic.PositiveInt] = None
     halt: Literal["fixed", "adaptive", "both"] = "fixed"
-    halt_threshold: pydantic.confloat(ge=0.0, le=1.0) = 0.5
+    halt_threshold: pydantic.confloat(gt=0.0, lt=1.0) = 0.5
     visualize: pydantic.NonNegativeInt = 0
     output_dir: Optional[str] = None
     max_batches: Optional[pydantic.PositiveInt] = None
@@ -94,10 +96,27 @@ def make_loader(data_paths: List[str], global_batch_size: int, dist_info: DistIn
 
 
 def make_evaluators(configs: List[EvaluatorConfig], metadata, data_paths: List[str]) -> List[Any]:
-    try:
-        return create_evaluators(SimpleNamespace(evaluators=configs), metadata, data_paths)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        raise ConfigError(f"evaluators: {e}") from None
+    return create_evaluators(SimpleNamespace(evaluators=configs), metadata, data_paths)
+
+
+# Options that change the results: a run with other values writes beside the default one, not over it.
+RESULT_OPTIONS = ("data_paths", "evaluators", "global_batch_size", "halt", "halt_threshold", "max_batches", "forward_dtype")
+
+
+def option_text(value: Any) -> str:
+    if isinstance(value, list):
+        return "+".join(option_text(v) for v in value)
+    if isinstance(value, EvaluatorConfig):
+        return value.name.split("@")[-1]
+    return os.path.basename(os.path.normpath(value)) if isinstance(value, str) and os.sep in value else str(value)
+
+
+def results_dir_name(options: EvaluateConfig, step: int) -> str:
+    """`eval_step_<N>`, plus `_<key>=<value>` for every result option given, e.g. eval_step_80_halt=both."""
+    defaults = EvaluateConfig(checkpoint=options.checkpoint)
+    parts = [f"{key}={option_text(getattr(options, key))}" for key in RESULT_OPTIONS
+             if getattr(options, key) != getattr(defaults, key)]
+    return "_".join([f"eval_step_{step}", *parts]).replace(" ", "")
 
 
 def with_intervals(results: Dict[str, Any], evaluators: List[Any]) -> Dict[str, Any]:
@@ -206,17 +225,18 @@ def run(options: EvaluateConfig, dist_info: DistInfo) -> Optional[Dict[str, Any]
     global_batch_size = options.global_batch_size or run_config.get("global_batch_size")
     if not global_batch_size:
         raise InputError("no batch size: give global_batch_size=...")
-    evaluator_configs = options.evaluators if options.evaluators is not None else \
-        [EvaluatorConfig.model_validate(e) for e in run_config.get("evaluators") or []]
-
+    for path in data_paths:  # before any heavy work, as dataset.validate checks it
+        check_dataset(path, ("test",), identifiers_required=False)
     dataset = make_loader(data_paths, global_batch_size, dist_info)
     metadata = dataset.metadata
+    evaluator_configs = options.evaluators if options.evaluators is not None else fit_evaluators(
+        [EvaluatorConfig.model_validate(e) for e in run_config.get("evaluators") or []], metadata, data_paths, chosen=False)
     loaded = load_checkpoint(weights, device, metadata=metadata, arch=arch, batch_size=global_batch_size // dist_info.world_size,
                              data_name=",".join(data_paths), forward_dtype=options.forward_dtype)
     make_evaluators(evaluator_configs, metadata, data_paths)  # bad evaluator options fail before any model work
     model = maybe_compile(loaded.head, options.compile, device)  # by default on CUDA, as training
     step = step_of(weights) or 0
-    output_dir = Path(options.output_dir or weights.parent / f"eval_step_{step}")
+    output_dir = Path(options.output_dir or weights.parent / results_dir_name(options, step))
     loader = SizedLoader(dataset, count_test_batches(data_paths, metadata.sets, global_batch_size))
     if dist_info.is_main:
         print(f"Evaluating {weights} ({loaded.arch['name'].split('@')[-1]}, "
@@ -269,13 +289,11 @@ def launch(cfg: DictConfig) -> Optional[Dict[str, Any]]:
 
 
 @hydra.main(config_path="config", config_name="cfg_evaluate", version_base=None)
+@user_errors
 def main(cfg: DictConfig) -> None:
-    try:
-        launch(cfg)
-    except (ConfigError, InputError, FileNotFoundError) as e:  # the user's input is wrong: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    launch(cfg)
 
 
 if __name__ == "__main__":
+    check_command_line("cfg_evaluate")
     main()

@@ -1,7 +1,6 @@
 """Train a recursive reasoning model: `python pretrain.py arch=trm data_paths="[...]" ...` (SPEC §1, §6).
 
 Single process, or `torchrun --nproc-per-node N pretrain.py ...` for several."""
-import sys
 import time
 
 import hydra
@@ -12,24 +11,35 @@ from omegaconf import DictConfig, OmegaConf
 
 from models.ema import EMAHelper
 from training.budget import CLOCKS, TrainingClock
-from training.builders import (copy_run_files, create_dataloader, create_evaluators, create_loss_head,
+from training.builders import (copy_run_files, create_dataloader, create_evaluators, create_loss_head, fit_evaluators,
                                create_optimizers, ensure_dataset)
-from training.checkpoint import Checkpointer, load_weights_file, prepare_resume, read_training_state, rewind_metrics
-from training.config import ConfigError, PretrainConfig, validate_config
+from training.checkpoint import (Checkpointer, load_weights_file, override_keys, prepare_resume, read_training_state,
+                                 rewind_metrics)
+from training.config import PretrainConfig, sweep_run_name, validate_config
+from training.data_checks import check_run_data, planned_steps
 from training.device import (compile_failures_stop_the_run, describe_precision, maybe_compile, resolve_forward_dtype,
                              setup_device)
 from training.distributed import DistInfo, init_distributed, shutdown_distributed
 from training.loop import TrainState, eval_summary_line, evaluate, final_summary_line, train_batch
 from training.preemption import GracefulStop
 from training.prefetch import prefetch_depth, prefetched
+from training.run_dir import claim_run_dir
 from training.schedule import total_training_steps
 from training.tracking import Tracker
 from training.visuals import dataset_kind, reasoning_images
+from utils.errors import user_errors
+from utils.hydra_cli import check_command_line
 
 
 def command_line_overrides() -> list:
     from hydra.core.hydra_config import HydraConfig
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def load_config(cfg: DictConfig, dist_info: DistInfo):
@@ -41,6 +51,8 @@ def load_config(cfg: DictConfig, dist_info: DistInfo):
         if raw.get("resume"):
             objects[0], resume_state = prepare_resume(raw, command_line_overrides())
         else:
+            if in_sweep() and raw.get("run_name") is None:
+                raw["run_name"] = sweep_run_name(raw["arch"]["name"], command_line_overrides())
             objects[0] = validate_config(raw).fill_defaults()
     if dist_info.world_size > 1:
         torch.distributed.broadcast_object_list(objects, src=0)
@@ -56,7 +68,8 @@ def launch(cfg: DictConfig) -> dict:
     dist_info = init_distributed(cfg.get("device", "auto"))
     try:
         config, resume_state = load_config(cfg, dist_info)
-        return run(config, dist_info, resume_state)
+        with claim_run_dir(config.checkpoint_path, resuming=bool(config.resume), is_main=dist_info.is_main):
+            return run(config, dist_info, resume_state)
     finally:
         shutdown_distributed()
 
@@ -65,12 +78,14 @@ def launch(cfg: DictConfig) -> dict:
 def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
     seed_everything(config.seed + dist_info.rank)
     device = setup_device(config.device)
+    batches_per_pass = None
     if dist_info.is_main:
         ensure_dataset(config)
+        batches_per_pass = check_run_data(config)  # before heavy work: the data as dataset.validate checks it; sizes
     if dist_info.world_size > 1:
         torch.distributed.barrier()
 
-    train_epochs_per_iter = config.eval_interval or config.epochs
+    train_epochs_per_iter = config.epochs_per_iter
     total_iters = config.epochs // train_epochs_per_iter
     train_loader, train_metadata = create_dataloader(config, "train", dist_info, epochs_per_iter=train_epochs_per_iter)
     # read ahead in a thread, pinned for asynchronous copies to a GPU; checkpoints record the batches consumed
@@ -94,6 +109,9 @@ def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
     if config.resume and resume_state is None:  # ranks other than 0
         resume_state = read_training_state(config.resume)
     model = maybe_compile(head, config.compile, device)
+    if eval_metadata:
+        config.evaluators = fit_evaluators(config.evaluators, eval_metadata, config.data_paths_test or config.data_paths,
+                                           chosen="evaluators" in override_keys(command_line_overrides()))
     evaluators = create_evaluators(config, eval_metadata, config.data_paths_test or config.data_paths) if eval_metadata else []
     reasoning_kind = dataset_kind(eval_metadata, config.data_paths_test or config.data_paths,
                                   [e.name for e in config.evaluators]) if eval_metadata else None
@@ -111,7 +129,7 @@ def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
         tracker.summary("num_params", num_params)
         if resume_state is None:
             tracker.log({"num_params": num_params}, step=0)
-        print(f"{config.arch.name}: {num_params:,} parameters, {state.total_steps} steps, device {device}, "
+        print(f"{config.arch.name}: {num_params:,} parameters, {planned_steps(batches_per_pass, config, state.total_steps)}, device {device}, "
               f"dtype {describe_precision(forward_dtype, device)}, world size {dist_info.world_size}, "
               f"checkpoints in {config.checkpoint_path}")
 
@@ -218,13 +236,11 @@ def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
 
 
 @hydra.main(config_path="config", config_name="cfg_pretrain", version_base=None)
+@user_errors
 def main(cfg: DictConfig) -> None:
-    try:
-        launch(cfg)
-    except ConfigError as e:  # one line, no traceback: the user's input is wrong, not the code
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    launch(cfg)
 
 
 if __name__ == "__main__":
+    check_command_line("cfg_pretrain")
     main()

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from utils.errors import UserError, user_errors
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ARC_PREFIX = ROOT.parent / "shared" / "data" / "arc-agi" / "arc-agi"
 
@@ -58,6 +60,7 @@ def run_once(command: list, tmp_root: str) -> dict:
             "peak_rss_mb": round(usage.ru_maxrss / 1024), "disk_mb": round(size / 2**20)}
 
 
+@user_errors
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--which", nargs="+", choices=["sudoku", "arc"], default=["sudoku", "arc"])
@@ -66,7 +69,7 @@ def main(argv=None) -> None:
     p.add_argument("--tmp-dir", default=None, help="where the temporary outputs go (default: the system temp dir)")
     args = p.parse_args(argv)
     if "arc" in args.which and not Path(f"{args.arc_prefix}_training_challenges.json").is_file():
-        raise SystemExit(f"error: {args.arc_prefix}_training_challenges.json not found; pass --arc-prefix")
+        raise UserError(f"{args.arc_prefix}_training_challenges.json not found: pass --arc-prefix <prefix> of the ARC JSON files")
     commands = build_commands(args.arc_prefix)
     results = {name: [run_once(commands[name], args.tmp_dir) for _ in range(args.repeats)] for name in args.which}
 

@@ -24,6 +24,8 @@ from typing import Dict, List
 import numpy as np
 import torch
 
+from utils.errors import user_errors
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -238,6 +240,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+@user_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.in_process:

@@ -12,6 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from utils.errors import user_errors
+
 ROOT = Path(__file__).resolve().parents[1]
 WRAPPER = """
 import atexit, os, resource, runpy, sys
@@ -47,6 +49,7 @@ def peak_rss_per_rank(args, work: Path) -> dict:
     return results
 
 
+@user_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])

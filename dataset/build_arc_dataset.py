@@ -23,7 +23,9 @@ import numpy as np
 if __package__ in (None, ""):  # run as `python dataset/build_arc_dataset.py`: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dataset.common import AtomicOutputDir, DatasetError, PuzzleDatasetMetadata, dihedral_transform, inverse_dihedral_transform
+from dataset.common import (AtomicOutputDir, DatasetError, PuzzleDatasetMetadata, add_output_args, check_output_dir,
+                            dihedral_transform, inverse_dihedral_transform)
+from utils.errors import user_errors
 
 GRID_SIZE = 30
 PAD_ID, EOS_ID, COLOUR_OFFSET = 0, 1, 2
@@ -34,7 +36,7 @@ AUGMENT_TRIES_FACTOR = 5  # candidates drawn per wanted augmentation before givi
 NPY_HEADER_BYTES = 128    # fixed, so the row count can be written after streaming the rows
 
 
-class ARCInputError(DatasetError, ValueError):
+class ARCInputError(DatasetError):
     """Bad input data: the message is one line naming the file and puzzle."""
 
 
@@ -413,7 +415,7 @@ class SplitWriter:
 
 def build(input_file_prefix: str, output_dir: str, subsets: List[str], test_set_name: str,
           test_set_name2: str = "your_test_set", seed: int = 42, num_aug: int = 1000,
-          puzzle_identifiers_start: int = 1, progress: bool = True) -> Dict[str, PuzzleDatasetMetadata]:
+          puzzle_identifiers_start: int = 1, progress: bool = True, force: bool = False) -> Dict[str, PuzzleDatasetMetadata]:
     from tqdm import tqdm
 
     if num_aug < 0:
@@ -428,13 +430,14 @@ def build(input_file_prefix: str, output_dir: str, subsets: List[str], test_set_
 
     # Read and validate everything before any heavy work or any write.
     loaded = [(subset, *load_subset(input_file_prefix, subset)) for subset in subsets]
+    check_output_dir(output_dir, force)
 
     rng = np.random.default_rng(seed)
     identifiers: Dict[str, int] = {}
     test_puzzles: Dict[str, dict] = {}
     short = []  # (name, augmentations found) for puzzles with fewer distinct augmentations than asked
     total = sum(len(raw) for _, raw, _, _ in loaded)
-    with AtomicOutputDir(output_dir) as tmp:
+    with AtomicOutputDir(output_dir, force) as tmp:
         writers = {"train": SplitWriter(tmp / "train"), "test": SplitWriter(tmp / "test")}
         with tqdm(total=total, desc="ARC puzzles", unit="puzzle", disable=not progress) as bar:
             for subset, raw, train_pairs, test_pairs in loaded:
@@ -475,10 +478,11 @@ def build(input_file_prefix: str, output_dir: str, subsets: List[str], test_set_
     return metadata
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+@user_errors
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input-file-prefix", required=True, help="e.g. ../shared/data/arc-agi/arc-agi (reads <prefix>_<subset>_challenges.json)")
-    parser.add_argument("--output-dir", required=True)
+    add_output_args(parser, required=True)
     parser.add_argument("--subsets", nargs="+", default=["training", "evaluation", "concept"])
     parser.add_argument("--test-set-name", default="evaluation", help="subset whose test examples form the test split")
     parser.add_argument("--test-set-name2", default="your_test_set", help="a second such subset")
@@ -486,14 +490,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--num-aug", type=int, default=1000)
     parser.add_argument("--puzzle-identifiers-start", type=int, default=1, help="first puzzle id (> 1 to train with other datasets)")
     args = parser.parse_args(argv)
-    try:
-        build(args.input_file_prefix, args.output_dir, args.subsets, args.test_set_name, args.test_set_name2,
-              args.seed, args.num_aug, args.puzzle_identifiers_start)
-    except ARCInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    build(args.input_file_prefix, args.output_dir, args.subsets, args.test_set_name, args.test_set_name2,
+          args.seed, args.num_aug, args.puzzle_identifiers_start, force=args.force)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -24,7 +24,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataset.build_custom_dataset import Pair, build_dataset
-from dataset.common import MAX_GRID_SIDE, DatasetError, run_cli
+from dataset.common import MAX_GRID_SIDE, DatasetError, add_output_args, check_output_dir
+from utils.errors import user_errors
 
 CHARSET = " 0123456789"
 
@@ -57,7 +58,7 @@ def sample_pairs(rng: random.Random, count: int, digits: int, taken: Set[Tuple[i
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-dir", default="data/addition")
+    add_output_args(p, default="data/addition")
     p.add_argument("--digits", type=int, default=8, help="operands have up to this many digits")
     p.add_argument("--num-train", type=int, default=10000)
     p.add_argument("--num-test", type=int, default=1000)
@@ -67,13 +68,14 @@ def main(argv=None) -> None:
         raise DatasetError(f"--digits {args.digits}: must lie in 1..{MAX_GRID_SIDE - 1} (the grid is digits+1 wide, at most {MAX_GRID_SIDE})")
     if args.num_train < 1 or args.num_test < 1:
         raise DatasetError("--num-train and --num-test must be >= 1")
+    check_output_dir(args.output_dir, args.force)
     rng, taken = random.Random(args.seed), set()
     splits = {"train": sample_pairs(rng, args.num_train, args.digits, taken, "train"),
               "test": sample_pairs(rng, args.num_test, args.digits, taken, "test")}
-    metadata = build_dataset(splits, args.output_dir, charset=CHARSET)
+    metadata = build_dataset(splits, args.output_dir, charset=CHARSET, force=args.force)
     print(f"wrote {args.output_dir}: {args.num_train} train / {args.num_test} test additions of up to {args.digits} digits, "
           f"grid 3x{args.digits + 1}, seq_len {metadata['train'].seq_len}, vocab {metadata['train'].vocab_size}")
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    user_errors(main)()

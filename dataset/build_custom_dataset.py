@@ -36,8 +36,9 @@ if __package__ in (None, ""):
 import numpy as np
 from tqdm import tqdm
 
-from dataset.common import (MAX_GRID_SIDE, SPLITS, AtomicOutputDir, DatasetError, PuzzleDatasetMetadata, dihedral_transform_batch,
-                            run_cli, single_example_layout, write_identifiers)
+from dataset.common import (MAX_GRID_SIDE, SPLITS, AtomicOutputDir, DatasetError, PuzzleDatasetMetadata, add_output_args,
+                            check_output_dir, dihedral_transform_batch, single_example_layout, write_identifiers)
+from utils.errors import user_errors
 
 
 class Pair(NamedTuple):
@@ -155,11 +156,13 @@ def make_vocabulary(kind: str, seen: set, charset: Optional[str], num_values: Op
 # ---------------------------------------------------------------- building
 
 def build_dataset(splits: Dict[str, List[Pair]], output_dir, charset: Optional[str] = None, num_values: Optional[int] = None,
-                  dihedral: bool = False, predict_padding: bool = False, canvas: Optional[Tuple[int, int]] = None) -> Dict[str, PuzzleDatasetMetadata]:
+                  dihedral: bool = False, predict_padding: bool = False, canvas: Optional[Tuple[int, int]] = None,
+                  force: bool = False) -> Dict[str, PuzzleDatasetMetadata]:
     """Check and encode every pair first, then write all splits atomically into `output_dir`."""
     for split in SPLITS:
         if not splits.get(split):
             raise DatasetError(f"missing split: no {split} pairs given")
+    check_output_dir(output_dir, force)
     kind, seen = symbols_of([p for split in SPLITS for p in splits[split]])
     vocab = make_vocabulary(kind, seen, charset, num_values)
     symbols = vocab.symbols
@@ -180,7 +183,7 @@ def build_dataset(splits: Dict[str, List[Pair]], output_dir, charset: Optional[s
     vocab_size = len(symbols)
     dtype = np.uint8 if vocab_size <= 256 else np.int32
     metadata = {}
-    with AtomicOutputDir(output_dir) as tmp:
+    with AtomicOutputDir(output_dir, force) as tmp:
         for split in SPLITS:
             tids = list(range(8)) if dihedral and split == "train" else [0]
             pairs = encoded[split]
@@ -210,7 +213,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", required=True, help="training pairs (.json or .csv)")
     p.add_argument("--test", required=True, help="test pairs (.json or .csv)")
-    p.add_argument("--output-dir", required=True)
+    add_output_args(p, required=True)
     p.add_argument("--charset", default=None, help="characters in token order (token = position + 1)")
     p.add_argument("--num-values", type=int, default=None, help="integer symbols lie in [0, NUM_VALUES)")
     p.add_argument("--row-sep", default="/", help="row separator inside CSV string cells ('' = one row)")
@@ -222,6 +225,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise DatasetError(f"--num-values must be >= 1, got {args.num_values}")
     if args.canvas is not None and not all(1 <= s <= MAX_GRID_SIDE for s in args.canvas):
         raise DatasetError(f"--canvas {args.canvas[0]} {args.canvas[1]}: sides must lie in 1..{MAX_GRID_SIDE}")
+    check_output_dir(args.output_dir, args.force)
     return args
 
 
@@ -229,11 +233,11 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     splits = {"train": read_pairs(args.train, args.row_sep), "test": read_pairs(args.test, args.row_sep)}
     metadata = build_dataset(splits, args.output_dir, args.charset, args.num_values, args.dihedral, args.predict_padding,
-                             tuple(args.canvas) if args.canvas else None)
+                             tuple(args.canvas) if args.canvas else None, force=args.force)
     for split, m in metadata.items():
         print(f"{split}: {m.total_groups} pairs, {m.total_puzzles} puzzles, seq_len {m.seq_len}, vocab {m.vocab_size}")
     print(f"wrote {args.output_dir}")
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    user_errors(main)()

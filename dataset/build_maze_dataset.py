@@ -25,10 +25,11 @@ import numpy as np
 from tqdm import tqdm
 
 from dataset.checkers import MAZE_CHARSET, is_valid_maze_path
-from dataset.common import (choose_csv_source, MAX_GRID_SIDE, SOURCE_CSV_COLUMNS, AtomicOutputDir, DatasetError, dihedral_transform_batch,
-                            iter_source_csv, locate_split_csvs, parse_rating, run_cli,
+from dataset.common import (choose_csv_source, MAX_GRID_SIDE, SOURCE_CSV_COLUMNS, AtomicOutputDir, DatasetError, add_output_args,
+                            check_output_dir, dihedral_transform_batch, iter_source_csv, locate_split_csvs, parse_rating,
                             single_example_layout, single_set_metadata, write_identifiers)
 from dataset.generators import maze as generator
+from utils.errors import user_errors
 
 DEFAULT_REPO = "sapientinc/maze-30x30-hard-1k"
 CHAR_TO_TOKEN = np.zeros(256, dtype=np.uint8)
@@ -112,7 +113,7 @@ def describe(name: str, split: Dict[str, object]) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-dir", default="data/maze-30x30-hard-1k")
+    add_output_args(p, default="data/maze-30x30-hard-1k")
     p.add_argument("--subsample-size", type=int, default=None, help="random subset of the training mazes")
     p.add_argument("--aug", action="store_true", help="add the 8 dihedral transforms of every training maze")
     p.add_argument("--source-dir", default=None, help="folder with train.csv and test.csv (source,question,answer,rating)")
@@ -131,6 +132,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise DatasetError(f"--size {args.size}: mazes must be 3x3 to {MAX_GRID_SIDE}x{MAX_GRID_SIDE}")
     if args.generate_test is not None and args.generate is None:
         raise DatasetError("--generate-test needs --generate N_TRAIN too")
+    check_output_dir(args.output_dir, args.force)
     return args
 
 
@@ -158,7 +160,7 @@ def main(argv=None) -> None:
         splits["train"] = {**train, **{k: [train[k][i] for i in keep] for k in ("questions", "answers", "path_lens")}}
     for name, split in splits.items():
         print(describe(name, split))
-    with AtomicOutputDir(args.output_dir) as tmp:
+    with AtomicOutputDir(args.output_dir, args.force) as tmp:
         for name, split in splits.items():
             size = split["size"]
             write_maze_split(tmp / name, encode(split["questions"], size), encode(split["answers"], size), args.aug and name == "train")
@@ -167,4 +169,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    user_errors(main)()

@@ -28,10 +28,11 @@ import numpy as np
 from tqdm import tqdm
 
 from dataset.checkers import valid_sudoku_solutions
-from dataset.common import (choose_csv_source, SOURCE_CSV_COLUMNS, AtomicOutputDir, DatasetError, iter_source_csv,
-                            locate_split_csvs, parse_rating, run_cli, single_example_layout, single_set_metadata,
-                            write_identifiers)
+from dataset.common import (choose_csv_source, SOURCE_CSV_COLUMNS, AtomicOutputDir, DatasetError, add_output_args,
+                            check_output_dir, iter_source_csv, locate_split_csvs, parse_rating, reserved_memmap,
+                            single_example_layout, single_set_metadata, write_identifiers)
 from dataset.generators import sudoku as generator
+from utils.errors import user_errors
 
 DEFAULT_REPO = "sapientinc/sudoku-extreme"
 SIZE_OF_CELLS = {n * n: n for n in generator.BOX_SHAPES}
@@ -181,8 +182,8 @@ def write_sudoku_split(split_dir: Path, split: SudokuSplit, size: int, num_aug: 
     cells, per_group, groups = size * size, 1 + num_aug, len(split.puzzles)
     split_dir.mkdir(parents=True, exist_ok=True)
     shape = (groups * per_group, cells)
-    inputs = np.lib.format.open_memmap(split_dir / "all__inputs.npy", mode="w+", dtype=np.uint8, shape=shape)
-    labels = np.lib.format.open_memmap(split_dir / "all__labels.npy", mode="w+", dtype=np.uint8, shape=shape)
+    inputs = reserved_memmap(split_dir / "all__inputs.npy", shape)
+    labels = reserved_memmap(split_dir / "all__labels.npy", shape)
     chunk = max(1, (1 << 20) // (per_group * cells))  # ~1M cells per step keeps the index arrays small
     bar = tqdm(total=groups, desc=desc, unit="group")
     for start in range(0, groups, chunk):
@@ -222,7 +223,7 @@ def describe(name: str, split: SudokuSplit) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-dir", default="data/sudoku-extreme-full")
+    add_output_args(p, default="data/sudoku-extreme-full")
     p.add_argument("--subsample-size", type=int, default=None, help="random subset of the training puzzles")
     p.add_argument("--num-aug", type=int, default=0, help="augments per training puzzle")
     p.add_argument("--min-difficulty", type=int, default=None, help="keep puzzles rated at least this (backtracks)")
@@ -240,6 +241,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             raise DatasetError(f"--{flag.replace('_', '-')} must be >= 0, got {value}")
     if args.generate_test is not None and args.generate is None:
         raise DatasetError("--generate-test needs --generate N_TRAIN too")
+    check_output_dir(args.output_dir, args.force)
     return args
 
 
@@ -269,7 +271,7 @@ def main(argv=None) -> None:
         splits["train"] = train.take(rng.choice(len(train.puzzles), size=args.subsample_size, replace=False))
     for name, split in splits.items():
         print(describe(name, split))
-    with AtomicOutputDir(args.output_dir) as tmp:
+    with AtomicOutputDir(args.output_dir, args.force) as tmp:
         for name, split in splits.items():
             write_sudoku_split(tmp / name, split, size, args.num_aug if name == "train" else 0, rng, f"write {name}")
         write_identifiers(tmp)
@@ -279,4 +281,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    user_errors(main)()

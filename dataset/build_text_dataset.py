@@ -16,7 +16,9 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from dataset.common import AtomicOutputDir, DatasetError, PuzzleDatasetMetadata, run_cli, single_example_layout, write_split
+from dataset.common import (AtomicOutputDir, DatasetError, PuzzleDatasetMetadata, add_output_args, check_output_dir,
+                            single_example_layout, write_split)
+from utils.errors import user_errors
 
 PAD_TOKEN, EOS_TOKEN = "<pad>", "<|endoftext|>"   # pad is id 0: it never occurs in text, so labels can ignore it
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -89,7 +91,7 @@ def encode_stream(tokenizer, docs: Sequence[str]) -> np.ndarray:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", nargs="+", required=True, help="UTF-8 text files")
-    p.add_argument("--output-dir", required=True)
+    add_output_args(p, required=True)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size when training a tokenizer")
     p.add_argument("--tokenizer", default=None, help="reuse this tokenizer directory instead of training one")
@@ -102,6 +104,7 @@ def main(argv=None) -> None:
         raise DatasetError(f"--test-fraction={args.test_fraction} must be between 0 and 1 (exclusive)")
     if args.tokenizer is None and args.vocab_size < 258:
         raise DatasetError(f"--vocab-size={args.vocab_size} must be at least 258 (256 bytes + 2 special tokens)")
+    check_output_dir(args.output_dir, args.force)
 
     docs = read_documents(args.input)
     random.Random(args.seed).shuffle(docs)
@@ -119,7 +122,7 @@ def main(argv=None) -> None:
                                f"a smaller --seq-len or another --test-fraction")
         packed[split] = (inputs, labels)
 
-    with AtomicOutputDir(args.output_dir) as out:
+    with AtomicOutputDir(args.output_dir, args.force) as out:
         for split, (inputs, labels) in packed.items():
             rows = len(inputs)
             metadata = PuzzleDatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0,
@@ -133,4 +136,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    user_errors(main)()

@@ -13,22 +13,16 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import pydantic
 
+from utils.errors import UserError
+
 SET_FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
 SPLITS = ("train", "test")
 MAX_GRID_SIDE = 30
 HF_DATASET_URL = "https://huggingface.co/datasets/{repo}/resolve/main/{filename}"
 
 
-class DatasetError(Exception):
+class DatasetError(UserError):
     """Bad input or a malformed dataset: reported as one line, exit code 2, no traceback."""
-
-
-def run_cli(main: Callable[[], None]) -> None:
-    try:
-        main()
-    except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 class PuzzleDatasetMetadata(pydantic.BaseModel):
@@ -103,6 +97,19 @@ def read_metadata(split_dir) -> PuzzleDatasetMetadata:
         raise ValueError(f"{path} is not valid dataset metadata: {e.errors()[0]['loc']} {e.errors()[0]['msg']}") from None
 
 
+def reserved_memmap(path: Path, shape, dtype=np.uint8) -> np.memmap:
+    """A .npy file to fill in place, its disk blocks allocated up front: a full disk then fails here with ENOSPC
+    instead of killing the process with SIGBUS on the first write to an unbacked page."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    if hasattr(os, "posix_fallocate"):  # POSIX but not macOS
+        with open(path, "r+b") as f:
+            try:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+            except OSError as e:  # it names no file
+                raise OSError(e.errno, e.strerror, str(path)) from None
+    return array
+
+
 def read_set(split_dir, set_name: str, mmap: bool = True) -> Dict[str, np.ndarray]:
     """Load one set; inputs and labels memory-mapped (they are the large arrays)."""
     split_dir = Path(split_dir)
@@ -111,16 +118,101 @@ def read_set(split_dir, set_name: str, mmap: bool = True) -> Dict[str, np.ndarra
             for field in SET_FIELDS}
 
 
-class AtomicOutputDir:
-    """Build into a temporary sibling directory and move it into place only on success,
-    so an existing dataset is never left half-written."""
+def is_dataset_dir(path: Path) -> bool:
+    """A directory a builder wrote: one of its splits has valid metadata."""
+    for split in SPLITS:
+        try:
+            read_metadata(Path(path) / split)
+            return True
+        except (FileNotFoundError, ValueError):
+            continue
+    return False
 
-    def __init__(self, output_dir):
-        self.output_dir = Path(output_dir)
+
+def output_dir_problem(path: Path, force: bool, recognise: Callable[[Path], bool] = is_dataset_dir,
+                       what: str = "dataset") -> Optional[str]:
+    """Why `path` may not receive a new build, or None: only an absent or empty directory, or (with --force) a
+    previous build recognised by `recognise`, may be written; anything else stays untouched."""
+    if not path.exists():
+        return None
+    if not path.is_dir():
+        return f"--output-dir {path} is an existing file: give the path of a new directory"
+    if not any(path.iterdir()):
+        return None
+    if recognise(path):
+        return None if force else (f"--output-dir {path} already holds a {what}: pass --force to replace it, "
+                                   f"or choose another --output-dir")
+    found = ", ".join(sorted(p.name for p in path.iterdir())[:3])
+    return (f"--output-dir {path} is not empty and holds no {what} (it contains {found}, ...): choose a new or empty "
+            f"directory; nothing was written")
+
+
+def check_output_dir(path, force: bool = False) -> None:
+    """Stop at once, before any work, when the build could not be moved into `path` (after tidying up what killed
+    builds left beside it)."""
+    AtomicOutputDir(path, force).prepare()
+
+
+def add_output_args(parser, **output_dir_kwargs) -> None:
+    parser.add_argument("--output-dir", **output_dir_kwargs)
+    parser.add_argument("--force", action="store_true", help="replace the dataset a previous build left in --output-dir")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+class AtomicOutputDir:
+    """Build into a temporary sibling directory `.NAME.tmp-<pid>-*` and move it into place only on success, so an
+    existing dataset is never left half-written; the output directory is checked (prepare: by check_output_dir
+    before any work, and on entry) and again before the move (see output_dir_problem). prepare also removes the
+    temporaries of killed builds (their pid is gone) and puts back a previous dataset that a build killed mid-swap
+    had set aside (`.NAME.old-<pid>`)."""
+
+    def __init__(self, output_dir, force: bool = False):
+        self.given = Path(output_dir)
+        self.output_dir = self.given.resolve()
+        self.force = force
+
+    def _check(self) -> None:
+        problem = output_dir_problem(self.output_dir, self.force)
+        if problem:
+            raise DatasetError(problem.replace(str(self.output_dir), str(self.given)))
+
+    def _siblings(self, kind: str):
+        """(path, pid) of `.NAME.<kind>-<pid>...` entries beside the output directory."""
+        prefix = f".{self.output_dir.name}.{kind}-"
+        for entry in self.output_dir.parent.iterdir():
+            pid = entry.name[len(prefix):].split("-")[0]
+            if entry.name.startswith(prefix) and pid.isdigit():
+                yield entry, int(pid)
+
+    def prepare(self) -> None:
+        if self.output_dir.parent.is_dir():
+            self.remove_stale()
+        self._check()
+
+    def remove_stale(self) -> None:
+        for old, pid in self._siblings("old"):
+            if pid != os.getpid() and not _pid_alive(pid):
+                if self.output_dir.exists():
+                    shutil.rmtree(old, ignore_errors=True)
+                else:  # killed between the two renames: the previous dataset goes back
+                    os.replace(old, self.output_dir)
+        for tmp, pid in self._siblings("tmp"):
+            if pid != os.getpid() and not _pid_alive(pid):
+                shutil.rmtree(tmp, ignore_errors=True)
 
     def __enter__(self) -> Path:
+        self.prepare()
         self.output_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.output_dir.name}.tmp-", dir=self.output_dir.parent))
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.output_dir.name}.tmp-{os.getpid()}-", dir=self.output_dir.parent))
         # mkdtemp makes the directory owner-only; a finished dataset gets the usual umask permissions.
         umask = os.umask(0)
         os.umask(umask)
@@ -128,17 +220,22 @@ class AtomicOutputDir:
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
+        try:
+            if exc_type is None:
+                self._check()  # the directory may have changed during a long build
+                self._move_into_place()
+        finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        if self.output_dir.exists():
+        return False
+
+    def _move_into_place(self) -> None:
+        if self.output_dir.exists():  # an empty directory, or a previous dataset with --force
             old = self.output_dir.with_name(f".{self.output_dir.name}.old-{os.getpid()}")
             os.replace(self.output_dir, old)
             os.replace(self.tmp, self.output_dir)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(self.tmp, self.output_dir)
-        return False
 
 
 def single_example_layout(num_groups: int, puzzles_per_group: int) -> Dict[str, np.ndarray]:

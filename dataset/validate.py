@@ -12,14 +12,15 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from dataset.common import SET_FIELDS, SPLITS, DatasetError, PuzzleDatasetMetadata, read_metadata, run_cli
+from dataset.common import SET_FIELDS, SPLITS, DatasetError, PuzzleDatasetMetadata, read_metadata
+from utils.errors import user_errors
 
 CHUNK_ROWS = 1 << 16
 
@@ -82,7 +83,10 @@ def check_set(split_dir: Path, name: str, meta: PuzzleDatasetMetadata) -> Dict[s
     return {"examples": len(inputs), "puzzles": num_puzzles, "groups": len(arrays["group_indices"]) - 1}
 
 
-def check_split(split_dir: Path, num_identifiers: int) -> PuzzleDatasetMetadata:
+def check_split(split_dir: Path, num_identifiers: Optional[int],
+                set_sizes: Optional[Dict[str, Dict[str, int]]] = None) -> PuzzleDatasetMetadata:
+    """`num_identifiers`: the length of identifiers.json (None: not checked). `set_sizes` receives each set's
+    examples, puzzles and groups."""
     if not split_dir.is_dir():
         raise DatasetError(f"missing split: {split_dir} does not exist")
     try:
@@ -94,7 +98,7 @@ def check_split(split_dir: Path, num_identifiers: int) -> PuzzleDatasetMetadata:
         raise DatasetError(f"{where}: seq_len and vocab_size must be positive")
     if not 0 <= meta.pad_id < meta.vocab_size:
         raise DatasetError(f"{where}: pad_id {meta.pad_id} outside [0, vocab_size={meta.vocab_size})")
-    if meta.num_puzzle_identifiers != num_identifiers:
+    if num_identifiers is not None and meta.num_puzzle_identifiers != num_identifiers:
         raise DatasetError(f"{where}: num_puzzle_identifiers {meta.num_puzzle_identifiers} but identifiers.json lists {num_identifiers}")
     if not 0 <= meta.blank_identifier_id < meta.num_puzzle_identifiers:
         raise DatasetError(f"{where}: blank_identifier_id {meta.blank_identifier_id} outside [0, {meta.num_puzzle_identifiers})")
@@ -102,7 +106,10 @@ def check_split(split_dir: Path, num_identifiers: int) -> PuzzleDatasetMetadata:
         raise DatasetError(f"{where}: sets {meta.sets} must be a non-empty list of distinct names")
     totals = {"examples": 0, "puzzles": 0, "groups": 0}
     for name in meta.sets:
-        for key, value in check_set(split_dir, name, meta).items():
+        sizes = check_set(split_dir, name, meta)
+        if set_sizes is not None:
+            set_sizes[name] = sizes
+        for key, value in sizes.items():
             totals[key] += value
     if meta.total_groups != totals["groups"]:
         raise DatasetError(f"{where}: total_groups {meta.total_groups} but the sets hold {totals['groups']} groups")
@@ -116,12 +123,12 @@ def check_split(split_dir: Path, num_identifiers: int) -> PuzzleDatasetMetadata:
     return meta
 
 
-def validate(directory) -> Dict[str, PuzzleDatasetMetadata]:
-    root = Path(directory)
-    if not root.is_dir():
-        raise DatasetError(f"{root} is not a directory; pass the dataset's output dir (holding train/ and test/)")
+def identifier_count(root: Path, required: bool = True) -> Optional[int]:
+    """The number of names in identifiers.json (None when it is absent and not `required`)."""
     ids_path = root / "identifiers.json"
     if not ids_path.is_file():
+        if not required:
+            return None
         raise DatasetError(f"{ids_path} is missing; every dataset lists its puzzle identifiers (at least [\"<blank>\"])")
     try:
         identifiers = json.loads(ids_path.read_text())
@@ -129,17 +136,37 @@ def validate(directory) -> Dict[str, PuzzleDatasetMetadata]:
         raise DatasetError(f"{ids_path}: not valid JSON ({e})") from None
     if not isinstance(identifiers, list) or not identifiers or not all(isinstance(n, str) for n in identifiers):
         raise DatasetError(f"{ids_path}: expected a non-empty list of names, index 0 = \"<blank>\"")
-    metas = {split: check_split(root / split, len(identifiers)) for split in SPLITS}
+    return len(identifiers)
+
+
+def check_dataset(directory, splits=SPLITS, identifiers_required: bool = True,
+                  set_sizes: Optional[Dict[str, Dict[str, Dict[str, int]]]] = None) -> Dict[str, PuzzleDatasetMetadata]:
+    """Check `splits` of one dataset, reading every array once (time proportional to the data). `set_sizes`
+    receives {split: {set: sizes}}."""
+    root = Path(directory)
+    if root.is_file():
+        raise DatasetError(f"{root} is a file, not a dataset directory: give the directory holding train/ and test/")
+    if not root.is_dir():
+        raise DatasetError(f"{root} is not a directory; pass the dataset's output dir (holding train/ and test/)")
+    count = identifier_count(root, identifiers_required)
+    metas = {}
+    for split in splits:
+        sizes = {} if set_sizes is None else set_sizes.setdefault(split, {})
+        metas[split] = check_split(root / split, count, sizes)
     for key in ("seq_len", "vocab_size", "num_puzzle_identifiers"):
-        if getattr(metas["train"], key) != getattr(metas["test"], key):
+        if len(metas) == 2 and getattr(metas["train"], key) != getattr(metas["test"], key):
             raise DatasetError(f"{root}: train and test disagree on {key} ({getattr(metas['train'], key)} vs {getattr(metas['test'], key)})")
     test_puzzles = root / "test_puzzles.json"
-    if test_puzzles.exists():
+    if "test" in metas and test_puzzles.exists():
         try:
             json.loads(test_puzzles.read_text())
         except json.JSONDecodeError as e:
             raise DatasetError(f"{test_puzzles}: not valid JSON ({e})") from None
     return metas
+
+
+def validate(directory) -> Dict[str, PuzzleDatasetMetadata]:
+    return check_dataset(directory)
 
 
 def main(argv=None) -> None:
@@ -153,4 +180,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    user_errors(main)()

@@ -10,7 +10,7 @@ from typing import Any, List, Optional, Sequence
 import numpy as np
 import torch
 
-from inference.encoding import decode_answer, encode
+from inference.encoding import decode_answer, encode, read_vocabulary
 from inference.halting import AdaptiveHalting
 from inference.loading import InputError, LoadedCheckpoint, guess_kind, load_checkpoint, run_hints, test_split_paths
 from training.device import pick_device
@@ -29,15 +29,21 @@ class Solution:
 
 
 class Solver:
-    def __init__(self, loaded: LoadedCheckpoint, device: torch.device, kind: Optional[str] = None):
+    def __init__(self, loaded: LoadedCheckpoint, device: torch.device, kind: Optional[str] = None,
+                 data_path: Optional[str] = None):
         self.loaded = loaded
         self.head = loaded.head
         self.device = device
         self.seq_len = loaded.metadata.seq_len
         self.blank_identifier_id = loaded.metadata.blank_identifier_id
-        self.kind = kind or guess_kind(loaded.metadata, run_hints(loaded.run_config, test_split_paths(loaded.run_config or {})))
+        data_paths = [data_path] if data_path else test_split_paths(loaded.run_config or {})
+        # datasets of the custom and arithmetic builders carry their symbols: no guessing from the sizes
+        self.vocab = read_vocabulary(data_paths[0]) if data_paths else None
+        self.kind = kind or ("custom" if self.vocab else guess_kind(loaded.metadata, run_hints(loaded.run_config, data_paths)))
         if self.kind is None:
             raise InputError(f"cannot tell whether {loaded.weights} solves sudoku, maze or arc puzzles: pass kind=...")
+        if self.kind == "custom" and self.vocab is None:
+            raise InputError(f"kind='custom' needs the dataset's vocab.json: pass data_path=<the run's dataset>")
 
     @classmethod
     def from_checkpoint(cls, path, device: str = "auto", kind: Optional[str] = None, data_path: Optional[str] = None,
@@ -48,19 +54,19 @@ class Solver:
         torch_device = pick_device(device)
         metadata = read_split_metadata(data_path) if data_path else None
         return cls(load_checkpoint(path, torch_device, metadata=metadata, arch=arch, data_name=data_path or ""),
-                   torch_device, kind)
+                   torch_device, kind, data_path)
 
     def solve(self, puzzle: Any, halt: str = "adaptive", halt_threshold: float = 0.5, return_steps: bool = False,
               puzzle_identifier: int = None):
         """One puzzle -> a Solution (an ARC task -> a list, one per test input)."""
-        rows = encode(puzzle, self.kind, self.seq_len)
+        rows = encode(puzzle, self.kind, self.seq_len, self.vocab)
         solutions = self._run(rows, [puzzle_identifier] * len(rows), halt, halt_threshold, return_steps)
         return solutions if self.kind == "arc" and isinstance(puzzle, dict) else solutions[0]
 
     def solve_batch(self, puzzles: Sequence[Any], halt: str = "adaptive", halt_threshold: float = 0.5,
                     return_steps: bool = False) -> List[Any]:
         """Several puzzles in one batch; the result is in the order given."""
-        encoded = [encode(p, self.kind, self.seq_len) for p in puzzles]
+        encoded = [encode(p, self.kind, self.seq_len, self.vocab) for p in puzzles]
         flat = [row for rows in encoded for row in rows]
         solutions = self._run(flat, [None] * len(flat), halt, halt_threshold, return_steps)
         out, i = [], 0
@@ -80,6 +86,8 @@ class Solver:
              return_steps: bool) -> List[Solution]:
         if halt not in ("fixed", "adaptive"):
             raise InputError(f"halt={halt!r}: use fixed or adaptive")
+        if halt == "adaptive" and not 0 < halt_threshold < 1:
+            raise InputError(f"halt_threshold={halt_threshold}: a halting confidence lies strictly between 0 and 1 (e.g. 0.5)")
         if not rows:
             return []
         inputs = torch.tensor(np.stack(rows), dtype=torch.int32)
@@ -94,12 +102,12 @@ class Solver:
             for j, index in enumerate(outputs["row_index"].tolist()):
                 tokens = outputs["preds"][j].cpu().numpy()
                 steps = int(outputs["steps"][j])
-                solution = Solution(answer=decode_answer(tokens, self.kind), steps=steps,
+                solution = Solution(answer=decode_answer(tokens, self.kind, self.vocab), steps=steps,
                                     confidence=float(torch.sigmoid(outputs["q_halt_logits"][j].float())),
                                     tokens=tokens, puzzle_tokens=chunk_batch["inputs"][j].cpu().numpy())
                 if return_steps:
                     solution.step_tokens = outputs["step_preds"][j, :steps].numpy()
-                    solution.step_answers = [decode_answer(t, self.kind) for t in solution.step_tokens]
+                    solution.step_answers = [decode_answer(t, self.kind, self.vocab) for t in solution.step_tokens]
                     solution.step_confidences = torch.sigmoid(outputs["step_q_halt_logits"][j, :steps]).tolist()
                 results[index] = solution
         return results

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from inference.loading import QUICKSTART_DIR, InputError, test_split_paths
+from utils.errors import user_errors
 
 OPTIONS = {"checkpoint": QUICKSTART_DIR, "index": "0", "halt": "adaptive", "halt_threshold": "0.5", "delay": "0.5",
            "device": "auto"}
@@ -36,27 +37,32 @@ def held_out_puzzle(data_path: str, index: int):
     return np.array(inputs[index]), np.array(labels[index])
 
 
+def number(options: Dict[str, str], key: str, kind: type):
+    try:
+        return kind(options[key])
+    except ValueError:
+        raise InputError(f"{key}={options[key]!r} is not a{'n integer' if kind is int else ' number'}") from None
+
+
+@user_errors
 def main(argv: Optional[List[str]] = None) -> int:
     from inference.api import Solver
     from visualize.terminal import render_puzzle_answer, use_colour
-    try:
-        options = parse_args(sys.argv[1:] if argv is None else argv)
-        if options["checkpoint"] == QUICKSTART_DIR and not os.path.isdir(QUICKSTART_DIR):
-            raise InputError(f"no checkpoint under {QUICKSTART_DIR}/: train one with python pretrain.py +experiment=quickstart")
-        solver = Solver.from_checkpoint(options["checkpoint"], device=options["device"])
-        data_paths = test_split_paths(solver.loaded.run_config or {})
-        if not data_paths or not os.path.isdir(os.path.join(data_paths[0], "test")):
-            raise InputError(f"the test split of this run's dataset ({data_paths or 'unknown'}) is not on disk: build it first")
-        puzzle, label = held_out_puzzle(data_paths[0], int(options["index"]))
-        solution = solver.solve_tokens(puzzle[None], halt=options["halt"], halt_threshold=float(options["halt_threshold"]),
-                                       return_steps=True)[0]
-    except (InputError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    options = parse_args(sys.argv[1:] if argv is None else argv)
+    index, threshold, delay = number(options, "index", int), number(options, "halt_threshold", float), number(options, "delay", float)
+    if options["checkpoint"] == QUICKSTART_DIR and not os.path.isdir(QUICKSTART_DIR):
+        raise InputError(f"no checkpoint under {QUICKSTART_DIR}/: give checkpoint=<run dir or weights file>, or train "
+                         f"the quickstart one with python pretrain.py +experiment=quickstart")
+    solver = Solver.from_checkpoint(options["checkpoint"], device=options["device"])
+    data_paths = test_split_paths(solver.loaded.run_config or {})
+    if not data_paths or not os.path.isdir(os.path.join(data_paths[0], "test")):
+        raise InputError(f"the test split of this run's dataset ({data_paths or 'unknown'}) is not on disk: build it first")
+    puzzle, label = held_out_puzzle(data_paths[0], index)
+    solution = solver.solve_tokens(puzzle[None], halt=options["halt"], halt_threshold=threshold, return_steps=True)[0]
 
     label = np.where(label == solver.loaded.metadata.ignore_label_id, 0, label)
     live = use_colour()  # redraw in place on a terminal; plain frames one after another otherwise
-    print(f"{solver.loaded.weights}: test puzzle {options['index']} of {data_paths[0]}, halt={options['halt']}")
+    print(f"{solver.loaded.weights}: test puzzle {index} of {data_paths[0]}, halt={options['halt']}")
     previous_height = 0
     for step, (tokens, confidence) in enumerate(zip(solution.step_tokens, solution.step_confidences), start=1):
         frame = render_puzzle_answer(puzzle, tokens, solver.kind, label=label, step=step)
@@ -66,7 +72,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(frame, flush=True)
         previous_height = frame.count("\n") + 1
         if live and step < solution.steps:
-            time.sleep(float(options["delay"]))
+            time.sleep(delay)
     solved = bool((solution.tokens == label).all())
     print(f"{'solved' if solved else 'not solved'} in {solution.steps} steps (confidence {solution.confidence:.3f})")
     return 0

@@ -2,12 +2,15 @@
 
 Sudoku: an n x n list of digits, 0 for blanks. Maze: text lines (or one string with newlines) over "# SG".
 ARC: a task dict {"train": [...], "test": [{"input": grid}, ...]}; each test input is one puzzle."""
-from typing import Any, List, Sequence, Union
+import json
+import os
+from typing import Any, List, Optional, Sequence, Union
 
 import numpy as np
 
 from dataset.build_arc_dataset import GRID_SIZE, ARCInputError, encode_grid, to_grid
 from dataset.checkers import MAZE_CHARSET
+from dataset.common import DatasetError
 from inference.loading import InputError
 from visualize.decode import decode
 
@@ -19,9 +22,14 @@ def _side(seq_len: int) -> int:
 def encode_sudoku(grid: Any, seq_len: int) -> np.ndarray:
     n = _side(seq_len)
     try:
-        board = np.array(grid, dtype=np.int64)
-    except (ValueError, TypeError):
-        raise InputError(f"Sudoku must be an {n}x{n} list of rows of digits (0 for blanks)") from None
+        raw = np.array(grid)
+    except ValueError:  # ragged rows
+        raw = np.array(None)
+    if raw.dtype.kind not in "iuf" or (raw.dtype.kind == "f" and not np.isfinite(raw).all()):
+        raise InputError(f"Sudoku must be an {n}x{n} list of rows of digits (0 for blanks)")
+    board = raw.astype(np.int64)
+    if raw.dtype.kind == "f" and (board != raw).any():
+        raise InputError(f"Sudoku cell {raw[board != raw][0]:g} is not a whole number: give digits 0-{n} (0 for a blank)")
     if board.shape != (n, n):
         raise InputError(f"Sudoku is {'x'.join(map(str, board.shape)) or 'a scalar'} but this checkpoint solves {n}x{n} "
                          f"boards (seq_len {seq_len}): give {n} rows of {n} digits")
@@ -46,6 +54,9 @@ def encode_maze(maze: Union[str, Sequence[str]], seq_len: int) -> np.ndarray:
     bad = sorted(set(text) - set(MAZE_CHARSET))
     if bad:
         raise InputError(f"maze character {bad[0]!r} is not one of {MAZE_CHARSET!r} (wall '#', open ' ', start 'S', goal 'G')")
+    for mark, name in (("S", "start"), ("G", "goal")):
+        if text.count(mark) != 1:
+            raise InputError(f"maze has {text.count(mark)} {name} cells '{mark}': mark exactly one")
     return np.array([MAZE_CHARSET.index(ch) + 1 for ch in text], dtype=np.int64)
 
 
@@ -73,19 +84,54 @@ def encode_arc(grid: np.ndarray, seq_len: int) -> np.ndarray:
     return encode_grid(grid).astype(np.int64)
 
 
-def encode(puzzle: Any, kind: str, seq_len: int) -> List[np.ndarray]:
+def read_vocabulary(data_path: str) -> Optional[dict]:
+    """vocab.json of a dataset from the custom and arithmetic builders ({"symbols": by token, "grid": [h, w]})."""
+    path = os.path.join(data_path, "vocab.json")
+    return json.loads(open(path).read()) if os.path.isfile(path) else None
+
+
+def encode_custom(puzzle: Any, vocab: dict, seq_len: int) -> np.ndarray:
+    """A grid (a string, rows of strings, or rows of integers) of the dataset's symbols, on its canvas."""
+    from dataset.build_custom_dataset import Vocabulary, to_grid
+    symbols, (height, width) = vocab["symbols"], vocab["grid"]
+    token = {s: i for i, s in enumerate(symbols) if i}
+    token.update({int(s): i for s, i in list(token.items()) if s.isdigit()})  # integer symbols are stored as text
+    try:
+        grid = to_grid(puzzle, "puzzle", Vocabulary(token, symbols, f"the dataset's symbols {''.join(symbols[1:])!r}"))
+    except DatasetError as e:
+        raise InputError(str(e)) from None
+    if grid.shape[0] > height or grid.shape[1] > width:
+        raise InputError(f"puzzle is {grid.shape[0]}x{grid.shape[1]} but this checkpoint's canvas is {height}x{width}")
+    canvas = np.zeros((height, width), dtype=np.int64)
+    canvas[:grid.shape[0], :grid.shape[1]] = grid
+    return canvas.reshape(-1)
+
+
+def decode_custom(tokens: np.ndarray, vocab: dict) -> List[str]:
+    """Token row -> the rows of symbols on the canvas, padding dropped."""
+    symbols, (height, width) = vocab["symbols"], vocab["grid"]
+    grid = np.asarray(tokens).reshape(height, width)
+    return ["".join(symbols[t] for t in row if 0 < t < len(symbols)) for row in grid if (row > 0).any()]
+
+
+def encode(puzzle: Any, kind: str, seq_len: int, vocab: Optional[dict] = None) -> List[np.ndarray]:
     """One plain puzzle -> token rows (ARC tasks give one row per test input)."""
+    if kind == "custom":
+        return [encode_custom(puzzle, vocab, seq_len)]
     if kind == "sudoku":
         return [encode_sudoku(puzzle, seq_len)]
     if kind == "maze":
         return [encode_maze(puzzle, seq_len)]
     if kind == "arc":
         return [encode_arc(g, seq_len) for g in arc_test_inputs(puzzle)]
-    raise InputError(f"unknown puzzle kind {kind!r}; use one of sudoku, maze, arc")
+    raise InputError(f"unknown puzzle kind {kind!r}; use one of sudoku, maze, arc, custom")
 
 
-def decode_answer(tokens: np.ndarray, kind: str):
-    """Token row -> plain answer: Sudoku digits (list of lists, -1 where no digit), maze lines, ARC colour grid."""
+def decode_answer(tokens: np.ndarray, kind: str, vocab: Optional[dict] = None):
+    """Token row -> plain answer: Sudoku digits (list of lists, -1 where no digit), maze lines, ARC colour grid,
+    rows of symbols for custom datasets."""
+    if kind == "custom":
+        return decode_custom(tokens, vocab)
     grid = decode(tokens, kind)
     if kind == "maze":
         return ["".join(row) for row in grid]

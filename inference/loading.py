@@ -12,17 +12,19 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from dataset.common import PuzzleDatasetMetadata, read_metadata
-from models.checkpoint_io import load_reference_checkpoint, read_state_dict, strip_compiled_prefix
+from models.checkpoint_io import load_reference_checkpoint, strip_compiled_prefix
 from training.builders import create_loss_head
+from training.checkpoint import read_weights_file
 from training.config import ArchConfig, ConfigError
 from training.device import resolve_forward_dtype
+from utils.errors import UserError
 
 STEP_FILE = re.compile(r"^step_(\d+)$")
 QUICKSTART_DIR = os.path.join("checkpoints", "Sudoku6-quick-ACT-torch")
 KINDS = ("sudoku", "maze", "arc")
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """Bad input from the user (a path, a puzzle, a dataset), stated in one line."""
 
 
@@ -180,7 +182,7 @@ def load_checkpoint(path, device: torch.device, metadata: Optional[PuzzleDataset
             raise InputError(f"no all_config.yaml beside '{weights}': give the architecture, e.g. arch=trm arch.hidden_size=...")
         arch = run_config["arch"]
     arch = dict(arch)
-    state = strip_compiled_prefix(read_state_dict(str(weights)))
+    state = strip_compiled_prefix(read_weights_file(str(weights)))
     shape = checkpoint_shape(state, arch)
 
     trained = None

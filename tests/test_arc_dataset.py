@@ -171,10 +171,11 @@ def test_bad_input_one_line_and_output_untouched(tmp_path, capsys, case, expecte
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("old dataset")
-    code = main(["--input-file-prefix", prefix, "--output-dir", str(out), "--subsets", "nope" if case == "missing" else "s",
-                 "--test-set-name", "nope" if case == "missing" else "s", "--num-aug", "2"])
+    with pytest.raises(SystemExit) as stopped:
+        main(["--input-file-prefix", prefix, "--output-dir", str(out), "--subsets", "nope" if case == "missing" else "s",
+              "--test-set-name", "nope" if case == "missing" else "s", "--num-aug", "2"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and expected in err, err
+    assert stopped.value.code == 2 and len(err.splitlines()) == 1 and expected in err, err
     assert os.listdir(out) == ["keep.txt"] and not [p for p in os.listdir(tmp_path) if p.startswith(".out")]
 
 

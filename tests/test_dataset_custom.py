@@ -108,7 +108,7 @@ def test_arithmetic_both_invocation_styles(tmp_path, invocation):
                         cwd=ROOT, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     validate(out)
-    bad = subprocess.run([sys.executable, *invocation, "--digits", "1", "--num-train", "500", "--output-dir", str(out)],
+    bad = subprocess.run([sys.executable, *invocation, "--digits", "1", "--num-train", "500", "--output-dir", str(tmp_path / "b")],
                          cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "distinct 1-digit additions" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -200,7 +200,7 @@ def test_both_invocation_styles_and_one_line_errors(tmp_path, invocation):
     assert ok.returncode == 0, ok.stderr
     assert "not solvable by singles" in ok.stdout
     validate(out)
-    bad = subprocess.run([sys.executable, *invocation, "--source-dir", str(tmp_path / "nowhere"), "--output-dir", str(out)],
+    bad = subprocess.run([sys.executable, *invocation, "--source-dir", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "s2")],
                          cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "Traceback" not in bad.stderr and "nowhere" in bad.stderr

@@ -163,9 +163,12 @@ def test_reasoning_images_for_wandb(tiny, head):
 def test_demo_runs_and_explains_a_missing_checkpoint(tiny, tmp_path, monkeypatch, capsys):
     from inference import demo
     monkeypatch.chdir(tmp_path)
-    assert demo.main([]) == 2
-    assert capsys.readouterr().err.strip() == ("error: no checkpoint under checkpoints/Sudoku6-quick-ACT-torch/: "
-                                               "train one with python pretrain.py +experiment=quickstart")
+    with pytest.raises(SystemExit) as stopped:
+        demo.main([])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip() == ("error: no checkpoint under checkpoints/Sudoku6-quick-ACT-torch/: give "
+                                               "checkpoint=<run dir or weights file>, or train the quickstart one with "
+                                               "python pretrain.py +experiment=quickstart")
     monkeypatch.chdir(tiny["data"].parent)  # the run's config names its dataset by this path
     assert demo.main([f"checkpoint={tiny['run']}", "index=3", "device=cpu"]) == 0
     out = capsys.readouterr().out

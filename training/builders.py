@@ -11,7 +11,7 @@ from torch import nn
 
 from dataset.common import PuzzleDatasetMetadata
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
-from training.config import ConfigError, PretrainConfig
+from training.config import ConfigError, EvaluatorConfig, PretrainConfig
 from training.distributed import DistInfo
 from utils.functions import load_model_class
 
@@ -19,14 +19,21 @@ from utils.functions import load_model_class
 def ensure_dataset(config: PretrainConfig) -> None:
     """Build data_paths[0] with `data_build` when it is missing (the offline quickstart)."""
     path = config.data_paths[0]
-    if os.path.exists(os.path.join(path, "train", "dataset.json")):
+    if os.path.exists(path):  # built, or something else that check_run_data names
         return
     if config.data_build is None:
         raise ConfigError(f"dataset '{path}' not found: build it first (e.g. python dataset/build_sudoku_dataset.py "
                           f"--output-dir {path} ...) or fix data_paths")
     cmd = [sys.executable, "-m", config.data_build.module, "--output-dir", path, *config.data_build.args]
     print("Building missing dataset:", " ".join(cmd))
-    subprocess.run(cmd, check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    # the builder's stderr (progress, or its one error line) is held back so a failure stays one line
+    built = subprocess.run(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           stderr=subprocess.PIPE, text=True)
+    if built.returncode != 0:
+        lines = built.stderr.strip().splitlines() or ["no message"]
+        raise ConfigError(f"data_build {config.data_build.module} failed (exit {built.returncode}): "
+                          f"{lines[-1].removeprefix('error: ')}")
+    sys.stderr.write(built.stderr)
 
 
 def create_dataloader(config: PretrainConfig, split: str, dist_info: DistInfo, epochs_per_iter: int = 1,
@@ -98,6 +105,24 @@ def create_optimizers(config: PretrainConfig, head: nn.Module, world_size: int):
     return optimizers, base_lrs
 
 
+ARC_EVALUATOR = "arc@ARC"  # cfg_pretrain.yaml's default (SPEC §2), for the default ARC data
+KIND_EVALUATORS = {"sudoku": "sudoku@Sudoku", "maze": "maze@Maze"}
+
+
+def fit_evaluators(configured: List[EvaluatorConfig], metadata: PuzzleDatasetMetadata, data_paths: List[str],
+                   chosen: bool) -> List[EvaluatorConfig]:
+    """The default ARC evaluator on data that is not ARC (no test_puzzles.json) would stop the run: unless the user
+    chose it (`chosen`), use the evaluator the data's sizes call for (Sudoku, Maze) or none, and say so."""
+    from inference.loading import guess_kind  # inference builds on this module
+    if chosen or [e.name for e in configured] != [ARC_EVALUATOR] or \
+            all(os.path.isfile(os.path.join(p, "test_puzzles.json")) for p in data_paths):
+        return configured
+    name = KIND_EVALUATORS.get(guess_kind(metadata))
+    print(f"note: {', '.join(data_paths)} is not an ARC dataset (no test_puzzles.json): evaluators "
+          f"{[name] if name else '[]'} instead of [{ARC_EVALUATOR}]; choose with evaluators=[...]")
+    return [EvaluatorConfig(name=name)] if name else []
+
+
 def create_evaluators(config: PretrainConfig, eval_metadata: PuzzleDatasetMetadata, data_paths: List[str]) -> List[Any]:
     evaluators = []
     for cfg in config.evaluators:
@@ -108,7 +133,10 @@ def create_evaluators(config: PretrainConfig, eval_metadata: PuzzleDatasetMetada
         except ValueError as e:
             raise ConfigError(f"evaluators: {e}") from None
         for path in data_paths:
-            evaluators.append(cls(data_path=path, eval_metadata=eval_metadata, **kwargs))
+            try:
+                evaluators.append(cls(data_path=path, eval_metadata=eval_metadata, **kwargs))
+            except (ValueError, TypeError, FileNotFoundError) as e:  # the evaluators reject unfit data or options
+                raise ConfigError(f"evaluators: {e}") from None
     return evaluators
 
 

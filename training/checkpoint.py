@@ -90,18 +90,28 @@ def read_checkpoint_file(path: str, what: str, mmap: bool = False) -> Dict[str, 
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
         text = str(e).strip()
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        # torch words its refusal "Unsupported global: GLOBAL x" or (2.13) "unsupported GLOBAL x whose module ..."
+        refused = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", text, re.IGNORECASE)
         if refused:
             reason = (f"it holds a Python object ({refused.group(1)}) that safe loading refuses; only tensors and plain "
                       f"containers load (weights_only=True)")
-        else:
-            detail = text.split("WeightsUnpickler error:")[-1].strip()
-            detail = detail.splitlines()[0][:200] if detail else "no detail"
+        else:  # the reason, not torch's paragraph about weights_only around it
+            lines = [line.split("WeightsUnpickler error:")[-1].strip() for line in text.splitlines()
+                     if not line.startswith(("Weights only load failed", "Check the documentation"))]
+            detail = next((line.split(". ")[0][:200] for line in lines if line), "no detail")
             reason = f"truncated or corrupt ({type(e).__name__}: {detail})"
         raise ConfigError(f"{what} '{path}' cannot be loaded: {reason}") from None
     if not isinstance(obj, dict):
         raise ConfigError(f"{what} '{path}' holds a {type(obj).__name__}, not a state dict")
     return obj
+
+
+def read_weights_file(path: str, what: str = "checkpoint") -> Dict[str, torch.Tensor]:
+    """A weights file (step_<N>): read_checkpoint_file, and every value a tensor."""
+    state = read_checkpoint_file(path, what)
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{what} '{path}' is not a weights file (a dict of tensors): give <run dir>/step_<N>")
+    return state
 
 
 # ------------------------------------------------------------------ weights (reference layout)
@@ -216,7 +226,7 @@ def _states_in(directory: str) -> Dict[int, str]:
 
 def find_state_file(resume: str, project_dir: str) -> str:
     """`resume=`: a state_<N>.pt or step_<N> file, a run directory (its highest step), a directory of runs or
-    `latest` (the run under checkpoints/<project>/ whose newest state was written last)."""
+    `latest` (the run under `project_dir` whose newest state was written last)."""
     path = project_dir if resume == "latest" else resume
     if os.path.isfile(path):
         m = WEIGHTS_FILE.match(os.path.basename(path))
@@ -228,7 +238,7 @@ def find_state_file(resume: str, project_dir: str) -> str:
         return path
     if not os.path.isdir(path):
         raise ConfigError(f"resume={resume}: '{path}' not found: give a run directory, a state_<N>.pt file or latest "
-                          f"(the newest run under checkpoints/<project_name>/)")
+                          f"(the newest run under +checkpoint_path=, else under checkpoints/<project_name>/)")
     states = _states_in(path)
     if not states:
         runs = [os.path.join(path, d) for d in os.listdir(path) if _states_in(os.path.join(path, d))]
@@ -269,6 +279,7 @@ def resumed_config(saved: Dict[str, Any], command_line: Dict[str, Any], override
                    path: str) -> PretrainConfig:
     """The saved run's config, with the keys given on this command line on top; keys that would not fit the
     saved state (FIXED_ON_RESUME) must stay as they were."""
+    saved = {**saved, "load_checkpoint": None}  # a resumed run's weights come from its state
     merged = OmegaConf.create(saved)
     merged.checkpoint_path = os.path.dirname(path)  # the run continues where its state is, even if moved
     given = OmegaConf.create(command_line)
@@ -284,16 +295,46 @@ def resumed_config(saved: Dict[str, Any], command_line: Dict[str, Any], override
     changed = [k for k in FIXED_ON_RESUME if _fixed_view(config, k) != _fixed_view(before, k)]
     if changed:
         k = changed[0]
-        raise ConfigError(f"resume: {k} was {_fixed_view(before, k)!r} in '{path}' but is now {_fixed_view(config, k)!r}; "
+        raise ConfigError(f"resume: {describe_change(k, _fixed_view(before, k), _fixed_view(config, k))} since '{path}'; "
                           f"{', '.join(changed)} cannot change when resuming (start a new run with +load_checkpoint=... instead)")
     return config
 
 
+def describe_change(key: str, before: Any, after: Any) -> str:
+    """`arch.hidden_size was 32, now 64`: only the entries that differ, not whole dicts."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return "; ".join(f"{key}.{k} was {before.get(k)!r}, now {after.get(k)!r}"
+                         for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k))
+    return f"{key} was {before!r}, now {after!r}"
+
+
+def older_intact_state(path: str) -> Optional[str]:
+    """The newest training state beside `path` with a lower step that loads, or None."""
+    m = STATE_FILE.match(os.path.basename(path))
+    step = int(m.group(1)) if m else None
+    for older in sorted((s for s in _states_in(os.path.dirname(path)) if step is None or s < step), reverse=True):
+        candidate = state_path(os.path.dirname(path), older)
+        try:
+            read_training_state(candidate)
+        except ConfigError:
+            continue
+        return candidate
+    return None
+
+
 def prepare_resume(command_line: Dict[str, Any], overrides: Sequence[str]) -> Tuple[PretrainConfig, Dict[str, Any]]:
-    """Find and read the checkpoint `resume=` names; return the run's config and its training state."""
-    config = validate_config(command_line).fill_defaults()
-    path = os.path.abspath(find_state_file(config.resume, os.path.join("checkpoints", config.project_name)))
-    state = read_training_state(path)
+    """Find and read the checkpoint `resume=` names; return the run's config and its training state. `latest`
+    looks under the run's own +checkpoint_path= when one is given."""
+    config = validate_config(command_line)
+    runs_dir = config.checkpoint_path or os.path.join("checkpoints", config.fill_defaults().project_name)
+    path = os.path.abspath(find_state_file(config.resume, runs_dir))
+    try:
+        state = read_training_state(path)
+    except ConfigError as e:
+        older = older_intact_state(path)
+        if older is None:
+            raise
+        raise ConfigError(f"{e}; an older state loads: continue from it with resume={older}") from None
     return resumed_config(state["config"], command_line, overrides, path), state
 
 

@@ -5,9 +5,20 @@ from typing import Any, Dict, List, Literal, Optional
 
 import pydantic
 
+from utils.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A configuration problem, stated in one line."""
+
+
+# Values that would train nothing, or train on garbage, without any error of their own.
+FinitePositive = pydantic.confloat(gt=0, allow_inf_nan=False)
+FiniteNonNegative = pydantic.confloat(ge=0, allow_inf_nan=False)
+Decay = pydantic.confloat(ge=0, lt=1)          # Adam betas and the EMA rate
+Ratio = pydantic.confloat(ge=0, le=1)
+# What an evaluation can save (eval_save_outputs): the batch's arrays and the loss head's outputs.
+SAVE_OUTPUT_KEYS = ("inputs", "labels", "puzzle_identifiers", "logits", "preds", "q_halt_logits", "q_continue_logits")
 
 
 class _Strict(pydantic.BaseModel):
@@ -60,26 +71,26 @@ class PretrainConfig(_Strict):
     checkpoint_keep: Optional[pydantic.PositiveInt] = 2
     resume: Optional[str] = None
 
-    lr: float
-    lr_min_ratio: float
+    lr: FinitePositive
+    lr_min_ratio: Ratio
     lr_warmup_steps: pydantic.NonNegativeInt
-    beta1: float
-    beta2: float
-    weight_decay: float
-    puzzle_emb_weight_decay: float
-    puzzle_emb_lr: float
+    beta1: Decay
+    beta2: Decay
+    weight_decay: FiniteNonNegative
+    puzzle_emb_weight_decay: FiniteNonNegative
+    puzzle_emb_lr: FinitePositive
 
     seed: int = 0
     ema: bool = False
-    ema_rate: float = 0.999
+    ema_rate: Decay = 0.999
     freeze_weights: bool = False
-    eval_save_outputs: List[str] = []
+    eval_save_outputs: List[Literal[SAVE_OUTPUT_KEYS]] = []
 
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     compile: Optional[bool] = None
     compile_eval: Optional[bool] = None
     prefetch_batches: Optional[pydantic.NonNegativeInt] = None
-    grad_clip: Optional[pydantic.PositiveFloat] = None
+    grad_clip: Optional[FinitePositive] = None
     eval_max_batches: Optional[pydantic.PositiveInt] = None
     max_train_seconds: Optional[pydantic.PositiveFloat] = None
     eval_every_seconds: Optional[pydantic.PositiveFloat] = None
@@ -99,7 +110,15 @@ class PretrainConfig(_Strict):
             raise ValueError(f"eval_interval={self.eval_interval} must divide epochs={self.epochs}")
         if self.eval_every_seconds is not None and self.max_train_seconds is None:
             raise ValueError("eval_every_seconds needs a time budget: set max_train_seconds=... too, or eval_every_seconds=null")
+        if self.resume and self.load_checkpoint:
+            raise ValueError("resume= continues a run from its own weights and +load_checkpoint= starts a new run from "
+                             "other weights: give only one of them")
         return self
+
+    @property
+    def epochs_per_iter(self) -> int:
+        """Epochs per sampler pass: one evaluation interval, or the whole run."""
+        return self.eval_interval or self.epochs
 
     def fill_defaults(self) -> "PretrainConfig":
         """Derive project and run names and the checkpoint directory as the reference does."""
@@ -114,6 +133,16 @@ class PretrainConfig(_Strict):
         if self.checkpoint_path is None:
             self.checkpoint_path = os.path.join("checkpoints", self.project_name, self.run_name)
         return self
+
+
+def sweep_run_name(arch_name: str, overrides: List[str]) -> str:
+    """A sweep point's run (and checkpoint folder) name: the arch and this point's overrides, without spaces or
+    paths, e.g. `TinyRecursiveReasoningModel_ACTV1_lr=1e-4_seed=1-3f2a` (the suffix keeps points apart whose
+    overrides differ only in paths)."""
+    import secrets
+    shown = [o.lstrip("+") for o in overrides
+             if "=" in o and not o.lstrip("+").startswith("hydra") and not any(c in o for c in "/ []{}")]
+    return "_".join([arch_name.split("@")[-1], *shown])[:200] + f"-{secrets.token_hex(2)}"
 
 
 def format_validation_error(err: pydantic.ValidationError) -> str:

@@ -6,10 +6,12 @@ from typing import Optional, Tuple
 
 import torch
 
+from utils.errors import UserError
+
 from training.config import ConfigError
 
 
-def pick_device(requested: str = "auto") -> torch.device:
+def pick_device(requested: str = "auto", flag: str = "device=") -> torch.device:
     if requested == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
@@ -17,9 +19,9 @@ def pick_device(requested: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but no CUDA GPU is visible: use device=auto or device=cpu")
+        raise UserError(f"{flag}cuda but no CUDA GPU is visible: use {flag}auto or {flag}cpu")
     if requested == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise RuntimeError("device=mps but MPS is not available: use device=auto or device=cpu")
+        raise UserError(f"{flag}mps but MPS is not available: use {flag}auto or {flag}cpu")
     return torch.device(requested)
 
 

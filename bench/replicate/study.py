@@ -14,12 +14,13 @@ from tqdm import tqdm
 
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
 from bench.replicate.table import RunResult, csv_table, effective_depth, markdown_table, summarise
+from utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "config" / "replicate"
 
 
-class StudyError(ValueError):
+class StudyError(UserError):
     """A problem with the study's configuration or one of its runs, stated in one line."""
 
 

@@ -8,16 +8,17 @@ AutoTokenizer.from_pretrained(dir) and AutoModelForCausalLM.from_pretrained(dir,
 import argparse
 import re
 import shutil
-import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from dataset.common import read_metadata
+from dataset.common import output_dir_problem, read_metadata
 from dataset.build_text_dataset import TOKENIZER_FILES
-from inference.loading import InputError, find_weights
-from models.checkpoint_io import read_state_dict, strip_compiled_prefix
+from inference.loading import find_weights
+from models.checkpoint_io import strip_compiled_prefix
 from models.lm import ARCH_NAME
+from training.checkpoint import read_weights_file
+from utils.errors import UserError, user_errors
 
 PACKAGE = Path(__file__).resolve().parent
 MODELS = PACKAGE.parent
@@ -27,8 +28,12 @@ CODE_FILES = {"configuration_trm_lm.py": PACKAGE / "configuration_trm_lm.py", "m
 DECODER_PREFIX = "model.decoder."
 
 
-class ExportError(Exception):
+class ExportError(UserError):
     pass
+
+
+def is_exported(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
 
 
 def relative_imports(source: str) -> str:
@@ -105,7 +110,7 @@ def hf_model_from_checkpoint(checkpoint) -> tuple:
     arch, data_dir = read_run(weights)
     metadata = read_metadata(data_dir / "train")
     model = TRMLMForCausalLM(hf_config(arch, metadata.vocab_size, metadata.seq_len, data_dir / "tokenizer"))
-    state = {k.removeprefix(DECODER_PREFIX): v for k, v in strip_compiled_prefix(read_state_dict(str(weights))).items()}
+    state = {k.removeprefix(DECODER_PREFIX): v for k, v in strip_compiled_prefix(read_weights_file(str(weights))).items()}
     try:
         model.decoder.load_state_dict(state)
     except RuntimeError as e:
@@ -113,13 +118,16 @@ def hf_model_from_checkpoint(checkpoint) -> tuple:
     return model.eval(), data_dir
 
 
-def export(checkpoint: str, out_dir: str) -> dict:
-    """Write the model directory; -> the parameter breakdown."""
+def export(checkpoint: str, out_dir: str, force: bool = False) -> dict:
+    """Write the model directory (absent, empty, or with `force` a previous export); -> the parameter breakdown."""
     from safetensors.torch import save_file
     from transformers import GenerationConfig
     from models.lm.core import parameter_breakdown
 
     out = Path(out_dir)
+    problem = output_dir_problem(out, force, recognise=is_exported, what="model export")
+    if problem:  # before the model is read
+        raise ExportError(problem.replace("--output-dir", "OUT_DIR"))
     model, data_dir = hf_model_from_checkpoint(checkpoint)
     config, decoder = model.config, model.decoder
     breakdown = parameter_breakdown(decoder)
@@ -138,16 +146,14 @@ def export(checkpoint: str, out_dir: str) -> dict:
     return breakdown
 
 
+@user_errors
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a trm_lm weights file <checkpoint_path>/step_<N>, or its run directory (newest step)")
     p.add_argument("out_dir")
+    p.add_argument("--force", action="store_true", help="replace a model exported into OUT_DIR before")
     args = p.parse_args(argv)
-    try:
-        breakdown = export(args.checkpoint, args.out_dir)
-    except (ExportError, InputError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    breakdown = export(args.checkpoint, args.out_dir, args.force)
     print(f"Exported to {args.out_dir}\n"
           f"  core (looped layers): {breakdown['core']:>12,}\n"
           f"  vocabulary:           {breakdown['vocabulary']:>12,}\n"

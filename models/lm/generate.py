@@ -7,20 +7,16 @@ A checkpoint (a step_<N> weights file, or a run directory: its newest step) is l
 model the export writes, so both paths decode with transformers' generate(). --temperature 0 (the default) is
 greedy; several --prompt run as one left-padded batch."""
 import argparse
-import sys
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 from inference.loading import InputError
-from models.lm.export import ExportError, hf_model_from_checkpoint
+from models.lm.export import hf_model_from_checkpoint, is_exported
+from utils.errors import UserError, user_errors
 
 
-class GenerateError(ValueError):
+class GenerateError(UserError):
     pass
-
-
-def is_exported(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
 
 
 def load_model(path: str) -> Tuple[object, object]:
@@ -91,16 +87,14 @@ def run(args: argparse.Namespace) -> List[str]:
     import torch
     from training.device import pick_device
     check_options(args)
-    try:
-        device = pick_device(args.device)
-    except RuntimeError as e:
-        raise GenerateError(str(e).replace("device=", "--device ")) from None
+    device = pick_device(args.device, flag="--device ")
     model, tokenizer = load_model(args.model)
     torch.manual_seed(args.seed)
     return generate(model, tokenizer, args.prompt, device=device,
                     **generation_kwargs(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.max_new_tokens))
 
 
+@user_errors
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="an exported model directory, a trm_lm run directory or a step_<N> weights file")
@@ -113,11 +107,7 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     args = p.parse_args(argv)
-    try:
-        texts = run(args)
-    except (GenerateError, ExportError, InputError, FileNotFoundError) as e:  # the user's input: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    texts = run(args)
     print("\n\n".join(prompt + text for prompt, text in zip(args.prompt, texts)))
 
 

@@ -16,6 +16,8 @@ NonNegativeInt = pydantic.NonNegativeInt
 
 
 class RecursiveModelConfig(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")  # a misspelt arch key must not be ignored
+
     # From the data and the run (SPEC §3a)
     batch_size: PositiveInt
     seq_len: PositiveInt
@@ -23,6 +25,8 @@ class RecursiveModelConfig(pydantic.BaseModel):
     num_puzzle_identifiers: PositiveInt
     causal: bool = False
 
+    # hidden_size first: errors are reported in field order, and puzzle_emb_ndim is ${.hidden_size} in the YAML
+    hidden_size: PositiveInt
     puzzle_emb_ndim: NonNegativeInt = 0
     puzzle_emb_len: NonNegativeInt = 16   # 0: ceil(puzzle_emb_ndim / hidden_size)
 
@@ -31,7 +35,6 @@ class RecursiveModelConfig(pydantic.BaseModel):
     H_layers: NonNegativeInt = 0
     L_layers: PositiveInt
 
-    hidden_size: PositiveInt
     expansion: pydantic.PositiveFloat
     num_heads: PositiveInt
     pos_encodings: Literal["rope", "learned", "none"]

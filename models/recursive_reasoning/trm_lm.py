@@ -15,10 +15,13 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 
 
 class TRMLMConfig(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="ignore")  # batch_size, puzzle ids, causal: not used by a plain LM
+    model_config = pydantic.ConfigDict(extra="forbid")  # a misspelt arch key must not be ignored
 
     vocab_size: int
     seq_len: int
+    batch_size: int = 0                  # given by every run (SPEC §3a); a plain LM needs none of these three
+    num_puzzle_identifiers: int = 1
+    causal: bool = True
     hidden_size: int = pydantic.Field(gt=0)
     num_heads: int = pydantic.Field(gt=0)
     num_layers: int = pydantic.Field(gt=0)

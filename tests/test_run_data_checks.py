@@ -1,0 +1,99 @@
+"""What a run is told before it starts: the steps it will take, the evaluator that fits its data, where resume=
+finds a run; and the puzzle checks of the Solver, which accepts the custom builders' datasets by their vocab.json."""
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from dataset import build_arithmetic_dataset
+from dataset.common import read_metadata
+from inference.encoding import decode_custom, encode_custom, encode_maze, encode_sudoku, read_vocabulary
+from inference.loading import InputError
+from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
+from tests.helpers import ROOT, build_sudoku4
+from training.builders import fit_evaluators
+from training.checkpoint import STATE_FORMAT, prepare_resume
+from training.config import ConfigError, EvaluatorConfig, validate_config
+from training.data_checks import check_run_data, planned_steps
+
+
+def composed(overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "config"), version_base=None):
+        return OmegaConf.to_container(compose("cfg_pretrain", overrides=overrides), resolve=True)
+
+
+@pytest.fixture(scope="module")
+def sudoku4(tmp_path_factory):
+    return build_sudoku4(tmp_path_factory.mktemp("data") / "sudoku4", n_train=37, n_test=5, num_aug=2)
+
+
+def test_the_planned_steps_are_the_batches_the_sampler_yields(sudoku4):
+    config = validate_config(composed([f"data_paths=[{sudoku4}]", "global_batch_size=8", "epochs=6", "eval_interval=3"]))
+    batches_per_pass = check_run_data(config)
+    loader = PuzzleDataset(PuzzleDatasetConfig(seed=0, dataset_paths=[str(sudoku4)], global_batch_size=8,
+                                               test_set_mode=False, epochs_per_iter=3, rank=0, num_replicas=1), "train")
+    yielded = sum(1 for _ in loader) + sum(1 for _ in loader)  # the run's two passes
+    assert batches_per_pass == 37 * 3 // 8 == yielded / 2
+    # the schedule's reference formula counts int(6 * 37 / 8) = 27 steps; the run takes 26
+    assert planned_steps(batches_per_pass, config, 27) == f"{yielded} steps" == "26 steps"
+
+
+def test_the_default_arc_evaluator_gives_way_on_other_data(sudoku4, capsys):
+    arc = [EvaluatorConfig(name="arc@ARC")]
+    metadata = read_metadata(sudoku4 / "test")
+    assert [e.name for e in fit_evaluators(arc, metadata, [str(sudoku4)], chosen=False)] == ["sudoku@Sudoku"]
+    assert "is not an ARC dataset" in capsys.readouterr().out
+    assert fit_evaluators(arc, metadata, [str(sudoku4)], chosen=True) == arc  # the user's choice stands (and fails)
+    maze_like = metadata.model_copy(update={"vocab_size": 6, "seq_len": 49})
+    assert [e.name for e in fit_evaluators(arc, maze_like, [str(sudoku4)], chosen=False)] == ["maze@Maze"]
+    odd = metadata.model_copy(update={"vocab_size": 40, "seq_len": 30})
+    assert fit_evaluators(arc, odd, [str(sudoku4)], chosen=False) == []
+
+
+def test_resume_latest_looks_under_the_runs_own_checkpoint_path_and_offers_an_intact_older_state(tmp_path):
+    runs = tmp_path / "mine"
+    (runs / "a").mkdir(parents=True)
+    saved = validate_config(composed(["data_paths=[d]", "+run_name=a"])).fill_defaults().model_dump()
+    state = {"format": STATE_FORMAT, "step": 4, "model": {}, "optimizers": [], "ranks": [], "config": saved}
+    torch.save(state, runs / "a" / "state_4.pt")
+    (runs / "a" / "state_8.pt").write_bytes(b"cut short")
+    with pytest.raises(ConfigError) as info:
+        prepare_resume(composed(["resume=latest", f"+checkpoint_path={runs}"]), ["resume=latest"])
+    message = str(info.value)
+    assert f"'{runs / 'a' / 'state_8.pt'}' cannot be loaded" in message
+    assert message.endswith(f"an older state loads: continue from it with resume={runs / 'a' / 'state_4.pt'}")
+    (runs / "a" / "state_8.pt").unlink()
+    config, loaded = prepare_resume(composed(["resume=latest", f"+checkpoint_path={runs}"]), ["resume=latest"])
+    assert loaded["step"] == 4 and config.checkpoint_path == str(runs / "a")
+
+
+def test_the_solver_checks_plain_puzzles():
+    assert encode_sudoku([[1, 0, 0, 0], [0, 2, 0, 0], [0, 0, 3, 0], [0, 0, 0, 4]], 16)[0] == 2
+    with pytest.raises(InputError, match="cell 1.5 is not a whole number"):
+        encode_sudoku([[1.5, 0, 0, 0]] + [[0] * 4] * 3, 16)
+    with pytest.raises(InputError, match="list of rows of digits"):
+        encode_sudoku([["a"] * 4] * 4, 16)
+    with pytest.raises(InputError, match="maze has 0 start cells 'S'"):
+        encode_maze(["#  ", " G ", "   "], 9)
+    with pytest.raises(InputError, match="maze has 2 start cells 'S'"):
+        encode_maze(["#SS", " G ", "   "], 9)
+    assert len(encode_maze(["#S ", " G ", "   "], 9)) == 9
+
+
+def test_custom_datasets_encode_and_decode_by_their_vocabulary(tmp_path):
+    out = tmp_path / "add"
+    build_arithmetic_dataset.main(["--digits", "2", "--num-train", "10", "--num-test", "3", "--output-dir", str(out)])
+    vocab = read_vocabulary(str(out))
+    inputs, labels = (np.load(out / "test" / f"all__{f}.npy") for f in ("inputs", "labels"))
+    rows = decode_custom(inputs[0], vocab)
+    assert len(rows) == 3 and len(rows[0]) == 3  # the 3 x (digits + 1) grid, its blank answer row included
+    assert (encode_custom(rows, vocab, inputs.shape[1]) == inputs[0]).all()
+    answer = decode_custom(labels[0], vocab)
+    assert int(answer[0]) + int(answer[1]) == int(answer[2])
+    with pytest.raises(InputError, match="symbol 'x' is outside the vocabulary"):
+        encode_custom(["x"], vocab, inputs.shape[1])
+    shutil.rmtree(out)
+    assert read_vocabulary(str(out)) is None
