@@ -26,7 +26,8 @@ from models.lm import ARCH_NAME as LM_ARCH_NAME
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
 from training.builders import create_evaluators, fit_evaluators
 from training.config import ConfigError, EvaluatorConfig, format_validation_error
-from training.device import compile_failures_stop_the_run, describe_precision, maybe_compile, setup_device
+from training.device import (compile_failures_stop_the_run, describe_precision, describe_threads, maybe_compile,
+                             set_intra_op_threads, setup_device)
 from training.distributed import DistInfo, init_distributed, shutdown_distributed
 from training.loop import evaluate
 from utils.errors import user_errors
@@ -240,7 +241,7 @@ def run(options: EvaluateConfig, dist_info: DistInfo) -> Optional[Dict[str, Any]
     loader = SizedLoader(dataset, count_test_batches(data_paths, metadata.sets, global_batch_size))
     if dist_info.is_main:
         print(f"Evaluating {weights} ({loaded.arch['name'].split('@')[-1]}, "
-              f"dtype {describe_precision(loaded.forward_dtype, device)}, device {device}"
+              f"dtype {describe_precision(loaded.forward_dtype, device)}, device {device}, {describe_threads()}"
               f"{', compiled' if model is not loaded.head else ''}) "
               f"on {', '.join(data_paths)}: {len(loader)} batches of {global_batch_size}, halt={options.halt}")
 
@@ -281,6 +282,7 @@ def run(options: EvaluateConfig, dist_info: DistInfo) -> Optional[Dict[str, Any]
 
 def launch(cfg: DictConfig) -> Optional[Dict[str, Any]]:
     options = parse_config(cfg)
+    set_intra_op_threads()
     dist_info = init_distributed(options.device)
     try:
         return run(options, dist_info)

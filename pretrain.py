@@ -1,6 +1,7 @@
 """Train a recursive reasoning model: `python pretrain.py arch=trm data_paths="[...]" ...` (SPEC §1, §6).
 
 Single process, or `torchrun --nproc-per-node N pretrain.py ...` for several."""
+import contextlib
 import time
 
 import hydra
@@ -17,9 +18,9 @@ from training.checkpoint import (Checkpointer, load_weights_file, override_keys,
                                  rewind_metrics)
 from training.config import PretrainConfig, sweep_run_name, validate_config
 from training.data_checks import check_run_data, planned_steps
-from training.device import (compile_failures_stop_the_run, describe_precision, maybe_compile, resolve_forward_dtype,
-                             setup_device)
-from training.distributed import DistInfo, init_distributed, shutdown_distributed
+from training.device import (compile_failures_stop_the_run, describe_precision, describe_threads, maybe_compile,
+                             resolve_forward_dtype, set_intra_op_threads, setup_device)
+from training.distributed import DistInfo, init_distributed, on_main_rank, shutdown_distributed
 from training.loop import TrainState, eval_summary_line, evaluate, final_summary_line, train_batch
 from training.preemption import GracefulStop
 from training.prefetch import prefetch_depth, prefetched
@@ -42,21 +43,24 @@ def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def load_config(cfg: DictConfig, dist_info: DistInfo):
+def load_config(cfg: DictConfig, dist_info: DistInfo, run_dir: contextlib.ExitStack):
     """Validate on rank 0 and share the result, so every rank uses the same run name and paths. With `resume=`
-    the run's saved config (plus this command line's keys) and its training state (rank 0 only; read once)."""
-    objects, resume_state = [None], None
-    if dist_info.is_main:
+    the run's saved config (plus this command line's keys) and its training state (rank 0 only; read once).
+    Rank 0 also claims the run directory, held until `run_dir` closes."""
+    resume_state = None
+
+    def decide() -> PretrainConfig:
+        nonlocal resume_state
         raw = OmegaConf.to_container(cfg, resolve=True)
         if raw.get("resume"):
-            objects[0], resume_state = prepare_resume(raw, command_line_overrides())
+            config, resume_state = prepare_resume(raw, command_line_overrides())
         else:
             if in_sweep() and raw.get("run_name") is None:
                 raw["run_name"] = sweep_run_name(raw["arch"]["name"], command_line_overrides())
-            objects[0] = validate_config(raw).fill_defaults()
-    if dist_info.world_size > 1:
-        torch.distributed.broadcast_object_list(objects, src=0)
-    return objects[0], resume_state
+            config = validate_config(raw).fill_defaults()
+        run_dir.enter_context(claim_run_dir(config.checkpoint_path, resuming=bool(config.resume)))
+        return config
+    return on_main_rank(decide, dist_info), resume_state
 
 
 def seed_everything(seed: int) -> None:
@@ -65,10 +69,11 @@ def seed_everything(seed: int) -> None:
 
 
 def launch(cfg: DictConfig) -> dict:
+    set_intra_op_threads()
     dist_info = init_distributed(cfg.get("device", "auto"))
     try:
-        config, resume_state = load_config(cfg, dist_info)
-        with claim_run_dir(config.checkpoint_path, resuming=bool(config.resume), is_main=dist_info.is_main):
+        with contextlib.ExitStack() as run_dir:
+            config, resume_state = load_config(cfg, dist_info, run_dir)
             return run(config, dist_info, resume_state)
     finally:
         shutdown_distributed()
@@ -78,12 +83,8 @@ def launch(cfg: DictConfig) -> dict:
 def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
     seed_everything(config.seed + dist_info.rank)
     device = setup_device(config.device)
-    batches_per_pass = None
-    if dist_info.is_main:
-        ensure_dataset(config)
-        batches_per_pass = check_run_data(config)  # before heavy work: the data as dataset.validate checks it; sizes
-    if dist_info.world_size > 1:
-        torch.distributed.barrier()
+    # before heavy work: the data as dataset.validate checks it, and sizes that fit
+    batches_per_pass = on_main_rank(lambda: ensure_dataset(config) or check_run_data(config), dist_info)
 
     train_epochs_per_iter = config.epochs_per_iter
     total_iters = config.epochs // train_epochs_per_iter
@@ -130,7 +131,7 @@ def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
         if resume_state is None:
             tracker.log({"num_params": num_params}, step=0)
         print(f"{config.arch.name}: {num_params:,} parameters, {planned_steps(batches_per_pass, config, state.total_steps)}, device {device}, "
-              f"dtype {describe_precision(forward_dtype, device)}, world size {dist_info.world_size}, "
+              f"dtype {describe_precision(forward_dtype, device)}, {describe_threads()}, world size {dist_info.world_size}, "
               f"checkpoints in {config.checkpoint_path}")
 
     ema = None
@@ -181,14 +182,18 @@ def run(config: PretrainConfig, dist_info: DistInfo, resume_state=None) -> dict:
         model.train()
 
     stop = GracefulStop(dist_info).install()  # SIGTERM/SIGINT: finish the step, save, exit
+    first_step = state.step + 1
     for iter_id in range(start_iter, total_iters):
         model.train()
         clock.resume()
         for _, batch, global_batch_size in train_batches:
             if state.step >= state.total_steps:
                 break
+            step_started = time.perf_counter()
             metrics = train_batch(state, batch, global_batch_size, config.lr_warmup_steps, config.lr_min_ratio,
                                   dist_info, device, config.grad_clip)
+            if state.step == first_step and model is not head and dist_info.is_main:
+                progress.write(f"torch.compile: the training step compiled and ran in {time.perf_counter() - step_started:.0f} s")
             if ema is not None:
                 ema.update(head)
             if metrics is not None:

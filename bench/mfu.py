@@ -11,6 +11,7 @@ halting. The peak is the best rate of large square matrix products measured in t
 dtype, right after each timed step; MFU = (analytic model FLOPs per step / median step time) / median peak.
 Prints a table and the results as JSON."""
 import argparse
+import copy
 import json
 import resource
 import subprocess
@@ -41,7 +42,7 @@ class Case:
 CASES: Dict[str, Case] = {
     "sudoku_mlp": Case("sudoku_mlp", 32, 81, 11, "TRM-MLP, Sudoku paper size (hidden 512, H3 x L6)"),
     "arc_att": Case("arc1", 8, 900, 12, "TRM attention, ARC paper size (hidden 512, H3 x L4, 30x30 grids)"),
-    "quickstart": Case("quickstart", 128, 36, 8, "the README quickstart (hidden 128, 6x6 Sudoku)"),
+    "quickstart": Case("quickstart", 128, 36, 8, "the README quickstart (hidden 64, H2 x L2, 6x6 Sudoku)"),
 }
 NUM_PUZZLE_IDS = 1000   # rows of the synthetic puzzle-embedding table (only the batch's rows are touched)
 
@@ -126,6 +127,36 @@ def time_inference(model, loader, runner, device) -> Dict[str, float]:
             "mean_steps": act_steps / max(puzzles, 1)}
 
 
+def time_training(name: str, runs, train_loader, config, args, device, dtype):
+    """Training steps of each run in `runs` ((label, model, optimizers, base_lrs)), taken in turn so that the host's
+    drift affects them alike. Returns each run's step times after --warmup untimed steps, the matmul peak measured
+    right after each step of the first run, and the seconds spent loading that run's batches."""
+    from training.distributed import DistInfo
+    from training.loop import TrainState, train_batch
+    dist = DistInfo()
+    states = [TrainState(head=model, optimizers=opt, base_lrs=lrs, carry=None, step=0, total_steps=10 ** 6)
+              for _, model, opt, lrs in runs]
+    load_seconds, step_times, peaks = 0.0, [[] for _ in runs], []
+    batches = [iter(train_loader) for _ in runs]
+    for i in range(args.warmup + args.steps):
+        for r, ((label, model, _, _), state) in enumerate(zip(runs, states)):
+            model.train()
+            start = time.perf_counter()
+            _, batch, global_batch_size = next(batches[r])
+            loaded = time.perf_counter()
+            train_batch(state, batch, global_batch_size, config.lr_warmup_steps, config.lr_min_ratio, dist, device)
+            synchronize(device)
+            step_time = time.perf_counter() - loaded
+            if i >= args.warmup:
+                step_times[r].append(step_time)
+                if r == 0:
+                    load_seconds += loaded - start
+                    # Right after each step: the machine's pace drifts (shared hosts, clocks), so the peak is paired.
+                    peaks.append(matmul_peak(dtype, device, seconds=args.peak_seconds))
+            print(f"[{name}] {label} train step {i + 1}/{args.warmup + args.steps}: {step_time:.2f} s", file=sys.stderr)
+    return step_times, peaks, load_seconds
+
+
 def run_case(name: str, args, work: Path) -> dict:
     """Train, time and infer one case; its synthetic dataset goes under `work`."""
     from inference.halting import AdaptiveHalting
@@ -133,8 +164,9 @@ def run_case(name: str, args, work: Path) -> dict:
     from training.checkpoint import load_weights_file
     from training.device import maybe_compile, pick_device, resolve_forward_dtype, setup_device
     from training.distributed import DistInfo
-    from training.loop import TrainState, run_to_max_steps, train_batch
+    from training.loop import run_to_max_steps
     from bench.flops import act_step_flops
+    from bench.plain_trm import use_plain_network
 
     case = CASES[name]
     if args.batch_size:
@@ -159,24 +191,13 @@ def run_case(name: str, args, work: Path) -> dict:
     shape = trm_shape(head.model.inner, case)
     dtype = getattr(torch, dtype_name)
 
-    state = TrainState(head=model, optimizers=optimizers, base_lrs=base_lrs, carry=None, step=0, total_steps=10 ** 6)
-    model.train()
-    load_seconds, step_times, peaks = 0.0, [], []
-    batches = iter(train_loader)
-    for i in range(steps):
-        start = time.perf_counter()
-        _, batch, global_batch_size = next(batches)
-        loaded = time.perf_counter()
-        train_batch(state, batch, global_batch_size, config.lr_warmup_steps, config.lr_min_ratio, dist, device)
-        synchronize(device)
-        step_time = time.perf_counter() - loaded
-        if i >= args.warmup:
-            load_seconds += loaded - start
-            step_times.append(step_time)
-            # Right after each step: the machine's pace drifts (shared hosts, clocks), so the peak is paired with it.
-            peaks.append(matmul_peak(dtype, device, seconds=args.peak_seconds))
-        print(f"[{name}] train step {i + 1}/{steps}: {step_time:.2f} s", file=sys.stderr)
-
+    runs = [("ours", model, optimizers, base_lrs)]
+    if args.versus_plain:  # the same equations and initial weights, written plainly (bench/plain_trm.py)
+        plain_head = copy.deepcopy(head)
+        use_plain_network(plain_head)
+        runs.append(("plain", maybe_compile(plain_head, compiled, device), *create_optimizers(config, plain_head, 1)))
+    all_step_times, peaks, load_seconds = time_training(name, runs, train_loader, config, args, device, dtype)
+    step_times = all_step_times[0]
     model.eval()
     inference = {}
     for mode, runner in (("fixed", run_to_max_steps), ("adaptive", AdaptiveHalting(threshold=0.5))):
@@ -198,6 +219,8 @@ def run_case(name: str, args, work: Path) -> dict:
         "inference_gflop_per_act_step": act_step_flops(shape, training=False) / 1e9,
         "inference": inference, "peak_memory_mb": peak_memory_mb(device),
         "peak_memory_kind": "CUDA allocated" if device.type == "cuda" else "process RSS",
+        **({"plain_step_seconds": float(np.median(all_step_times[1])),
+            "speedup_over_plain": float(np.median(all_step_times[1])) / step_time} if args.versus_plain else {}),
     }
 
 
@@ -213,6 +236,11 @@ def format_table(results: List[dict]) -> str:
                      f"{inf['fixed']['puzzles_per_s']:.1f}",
                      f"{inf['adaptive']['puzzles_per_s']:.1f} ({inf['adaptive']['mean_steps']:.2f})",
                      f"{r['peak_memory_mb']:.0f}"))
+    if any("speedup_over_plain" in r for r in results):
+        rows = [row + (("plain step s", "speed-up") if i == 0 else
+                       (f"{results[i - 1].get('plain_step_seconds', float('nan')):.3f}",
+                        f"{results[i - 1].get('speedup_over_plain', float('nan')):.2f}x"))
+                for i, row in enumerate(rows)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -235,6 +263,9 @@ def parse_args(argv=None):
     p.add_argument("--release-freed-memory", action="store_true",
                    help="CPU: leave glibc malloc returning freed memory to the OS (the default allocator behaviour)")
     p.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides, e.g. arch.hidden_size=256")
+    p.add_argument("--versus-plain", action="store_true",
+                   help="also time a plain eager-style implementation of the same network (bench/plain_trm.py), "
+                        "compiled like ours, in alternating steps, and print our speed-up over it")
     p.add_argument("--json", default=None, help="also write the results to this file")
     p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)

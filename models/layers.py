@@ -168,24 +168,42 @@ def silu_mul_backward(d_act: torch.Tensor, gate: torch.Tensor, up: torch.Tensor)
     return d_gate, d_act * silu, silu * up
 
 
+def _fold_batch(x: torch.Tensor) -> torch.Tensor:
+    """[B, S, D] -> [1, S, B * D]: every sample's columns side by side (a copy)."""
+    return x.transpose(0, 1).reshape(1, x.shape[1], -1)
+
+
+def _unfold_batch(y: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    batch, seq, width = shape
+    return y.view(seq, batch, width).transpose(0, 1)
+
+
 class SequenceSwiGLUFunction(torch.autograd.Function):
     """down @ (silu(gate) * up) with [gate; up] = gate_up @ x[b], mixing the positions of each x[b] [S, D].
 
-    Every product is an explicit bmm over the batch in the activations' own [B, S, D] layout: autograd's (and
-    Inductor's) default for a 2-D @ 3-D matmul folds the batch into one GEMM by transposing a [B, 2H, D]
-    gradient, a copy as large as the layer's biggest activation. Only gate_up is stored; act is recomputed."""
+    Every product is an explicit bmm in the activations' own [B, S, D] layout: autograd's (and Inductor's) default
+    for a 2-D @ 3-D matmul folds the batch into one GEMM by transposing a [B, 2H, D] gradient, a copy as large as
+    the layer's biggest activation. With `fold_batch` the input is instead copied once into [S, B * D], so that
+    each product is one large GEMM rather than B small ones: worth its copies when the per-sample products are
+    small (float32 at narrow widths). Only gate_up is stored; act is recomputed."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, fold_batch: bool = False):
+        ctx.fold_batch, ctx.shape = fold_batch, x.shape
+        if fold_batch:
+            x = _fold_batch(x)
         batch = x.shape[0]
         gate_up = torch.bmm(w_gate_up.expand(batch, -1, -1), x)          # [B, 2H, D]
         gate, up = gate_up.chunk(2, dim=1)
         ctx.save_for_backward(x, w_gate_up, w_down, gate_up)
-        return torch.bmm(w_down.expand(batch, -1, -1), F.silu(gate) * up)
+        out = torch.bmm(w_down.expand(batch, -1, -1), F.silu(gate) * up)
+        return _unfold_batch(out, ctx.shape) if fold_batch else out
 
     @staticmethod
     def backward(ctx, d_out: torch.Tensor):
         x, w_gate_up, w_down, gate_up = ctx.saved_tensors
+        if ctx.fold_batch:
+            d_out = _fold_batch(d_out)
         batch = x.shape[0]
         gate, up = gate_up.chunk(2, dim=1)
         d_act = torch.bmm(w_down.t().expand(batch, -1, -1), d_out)
@@ -194,7 +212,7 @@ class SequenceSwiGLUFunction(torch.autograd.Function):
         d_w_down = torch.bmm(d_out, act.transpose(1, 2)).sum(0)
         d_w_gate_up = torch.bmm(d_gate_up, x.transpose(1, 2)).sum(0)
         d_x = torch.bmm(w_gate_up.t().expand(batch, -1, -1), d_gate_up)
-        return d_x, d_w_gate_up, d_w_down
+        return (_unfold_batch(d_x, ctx.shape) if ctx.fold_batch else d_x), d_w_gate_up, d_w_down, None
 
 
 class SwiGLU(nn.Module):
@@ -215,4 +233,12 @@ class SwiGLU(nn.Module):
             gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
             return self.down_proj(F.silu(gate) * up)
         # The same maths as the reference's transpose -> linear -> transpose, without the transposes.
-        return SequenceSwiGLUFunction.apply(x, self.gate_up_proj.weight.to(x.dtype), self.down_proj.weight.to(x.dtype))
+        return SequenceSwiGLUFunction.apply(x, self.gate_up_proj.weight.to(x.dtype), self.down_proj.weight.to(x.dtype),
+                                            fold_sequence_products(x))
+
+
+def fold_sequence_products(x: torch.Tensor) -> bool:
+    """Whether SequenceSwiGLUFunction should fold the batch into single GEMMs. Measured on 2 CPU cores (fwd + bwd of
+    the layer): eager float32 at widths up to 128 gains 1.2-1.4x; bfloat16, wider layers and Inductor's compiled
+    batched products (1.3x faster than folded ones) do not."""
+    return x.dtype == torch.float32 and x.shape[-1] <= 128 and not torch.compiler.is_compiling()

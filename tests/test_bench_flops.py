@@ -57,3 +57,16 @@ def test_mfu_command_line_reports_a_consistent_row(tmp_path):
     assert row["mfu"] == pytest.approx(row["achieved_gflops"] / row["peak_gflops"])
     assert 0 < row["data_loading_share"] < 1
     assert row["inference"]["fixed"]["mean_steps"] == 2
+
+
+def test_mfu_versus_plain_times_both_networks_and_reports_the_ratio(tmp_path):
+    out = tmp_path / "mfu.json"
+    tiny = ["arch.hidden_size=16", "arch.num_heads=2", "arch.L_cycles=1", "arch.H_cycles=2", "arch.halt_max_steps=2"]
+    run = subprocess.run([sys.executable, "-m", "bench.mfu", "--case", "quickstart", "--batch-size", "4", "--steps", "2",
+                          "--warmup", "1", "--compile", "off", "--device", "cpu", "--peak-seconds", "0.02", "--versus-plain",
+                          "--json", str(out), "--override", *tiny], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "speed-up" in run.stdout.splitlines()[0]
+    assert "plain train step 3/3" in run.stderr and "ours train step 3/3" in run.stderr
+    [row] = json.loads(out.read_text())
+    assert row["speedup_over_plain"] == pytest.approx(row["plain_step_seconds"] / row["step_seconds"])

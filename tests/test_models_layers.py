@@ -94,7 +94,8 @@ def test_attention_is_noncausal_multi_head_softmax_attention():
         Attention(10, 4)
 
 
-def test_sequence_swiglu_gradients_equal_autograd_of_the_plain_form():
+@pytest.mark.parametrize("fold_batch", [False, True], ids=["batched", "folded"])
+def test_sequence_swiglu_gradients_equal_autograd_of_the_plain_form(fold_batch):
     torch.manual_seed(0)
     seq_mlp = SwiGLU(5, 2, axis=1)
     x = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
@@ -106,11 +107,11 @@ def test_sequence_swiglu_gradients_equal_autograd_of_the_plain_form():
     expected = torch.matmul(W2, F.silu(gate) * up)
     expected_grads = torch.autograd.grad(expected, (x, W1, W2), d_out)
 
-    out = SequenceSwiGLUFunction.apply(x, W1, W2)
+    out = SequenceSwiGLUFunction.apply(x, W1, W2, fold_batch)
     torch.testing.assert_close(out, expected)
     for got, want in zip(torch.autograd.grad(out, (x, W1, W2), d_out), expected_grads):
         torch.testing.assert_close(got, want)
-    torch.autograd.gradcheck(SequenceSwiGLUFunction.apply, (x[:1, :, :2].detach().requires_grad_(), W1, W2))
+    torch.autograd.gradcheck(SequenceSwiGLUFunction.apply, (x[:2, :, :2].detach().requires_grad_(), W1, W2, fold_batch))
 
 
 def test_silu_mul_backward_hand_values():

@@ -1,5 +1,6 @@
 """pretrain.py end to end on CPU: a tiny run learns, the paper's command lines build, bad input fails early."""
 import json
+import re
 import subprocess
 import sys
 
@@ -48,6 +49,20 @@ def test_tiny_run_trains_and_its_loss_falls(sudoku4, tmp_path):
     state = torch.load(ckpt / steps[-1], weights_only=True)
     assert all(k.startswith("_orig_mod.model.inner.") for k in state)
     assert (ckpt / "all_config.yaml").exists() and (ckpt / "trm.py").exists()
+
+
+@pytest.mark.slow
+def test_compiled_run_says_it_compiles_how_long_it_took_and_its_threads(sudoku4, tmp_path):
+    env = dict(ENV, DISABLE_COMPILE="0", OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, str(ROOT / "pretrain.py"), f"data_paths=[{sudoku4}]", "evaluators=[]",
+                             "global_batch_size=32", "epochs=2", "eval_interval=2", "device=cpu", "compile=True",
+                             f"+checkpoint_path={tmp_path / 'ckpt'}", *TINY_ARCH], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    assert "torch.compile: the model compiles on its first steps" in out
+    assert re.search(r"torch\.compile: the training step compiled and ran in \d+ s", out)
+    assert "threads 1 (OMP_NUM_THREADS)" in out
 
 
 def test_unknown_key_fails_before_training_with_one_line(tmp_path):

@@ -166,3 +166,53 @@ def keep_freed_cpu_memory() -> bool:
     except (OSError, AttributeError, TypeError):
         return False
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
+
+
+# ------------------------------------------------------------------ intra-op threads
+def usable_cpu_cores() -> int:
+    """Cores this process may run on: its CPU affinity, capped by a cgroup v2 CPU quota (containers)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def choose_num_threads(usable_cores: int, local_world_size: int, omp_num_threads: Optional[str]) -> Tuple[int, str]:
+    """(threads, why). OMP_NUM_THREADS wins when the user set it. torchrun sets it to 1 itself for several local
+    ranks, which wastes the rest of a CPU node, so there "1" counts as unset and each rank gets its share of the
+    cores instead. More threads than cores only adds barrier waits (a 2-core run slowed 4x when oversubscribed)."""
+    if omp_num_threads and not (omp_num_threads.strip() == "1" and local_world_size > 1):
+        try:
+            return max(1, int(omp_num_threads)), "OMP_NUM_THREADS"
+        except ValueError:
+            raise UserError(f"OMP_NUM_THREADS={omp_num_threads!r} is not a whole number: set it to e.g. 2, or unset it")
+    share = max(1, usable_cores // max(1, local_world_size))
+    why = f"{usable_cores} cores" + (f" / {local_world_size} local ranks" if local_world_size > 1 else "")
+    return share, why
+
+
+_threads_why = "as set by the caller"
+
+
+def set_intra_op_threads() -> int:
+    """Apply choose_num_threads to this process (torchrun's LOCAL_WORLD_SIZE ranks share the node's cores). Called by
+    the command-line entry points only: code that imports ours keeps its own torch.set_num_threads."""
+    global _threads_why
+    threads, _threads_why = choose_num_threads(usable_cpu_cores(), int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+                                               os.environ.get("OMP_NUM_THREADS"))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
+def describe_threads() -> str:
+    """For start-up lines: "threads 2 (2 cores)"."""
+    return f"threads {torch.get_num_threads()} ({_threads_why})"
