@@ -120,8 +120,15 @@ def maybe_compile(module: torch.nn.Module, requested: Optional[bool], device: to
         print("warning: no C++ compiler found (g++/clang++): torch.compile runs what it cannot build eagerly; "
               "install one, or set compile=False to skip compiling")
         dynamo.config.suppress_errors = True
-    print("torch.compile: the model compiles on its first steps and first evaluation (a minute or more); compile=False skips it")
+    global _compile_announced
+    if not _compile_announced:  # once per process: training and evaluation models are compiled separately
+        print("torch.compile: the model compiles on its first steps and first evaluation (a minute or more); "
+              "compile=False skips it")
+        _compile_announced = True
     return torch.compile(module)
+
+
+_compile_announced = False
 
 
 COMPILE_OFF_HINT = "run without compiling with compile=False (or DISABLE_COMPILE=1)"
