@@ -274,3 +274,15 @@ def test_other_exceptions_are_not_hidden():
         bug()
     with pytest.raises(SystemExit):  # and exit_with stops with code 2
         exit_with("x")
+
+
+@pytest.mark.slow
+def test_under_torchrun_the_line_is_printed_once_and_no_rank_fails_on_its_own(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--rdzv_backend=c10d",
+           "--rdzv_endpoint=localhost:0", "--nnodes=1", str(ROOT / "pretrain.py"), "lr=-1", "device=cpu"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=dict(ENV, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: bad config key 'lr' = -1: Input should be greater than 0"], result.stderr[-3000:]
+    # torchrun's own report lists the ranks; none died of the other's exit (a closed connection) with a traceback
+    assert "pretrain.py\", line" not in result.stderr and "Connection closed" not in result.stderr
+    assert result.stderr.count("exitcode  : 2") == 2

@@ -1,10 +1,12 @@
 """torch.distributed set-up for torchrun: NCCL on CUDA, Gloo elsewhere."""
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
+
+from utils.errors import UserError
 
 
 @dataclass
@@ -39,6 +41,23 @@ def init_distributed(device_request: str) -> DistInfo:
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     cpu_group = dist.new_group(backend="gloo") if use_cuda else dist.group.WORLD
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, cpu_group=cpu_group)
+
+
+def on_main_rank(work: Callable[[], Any], dist_info: DistInfo) -> Any:
+    """`work()` on rank 0, its result on every rank. A UserError there stops every rank with the same message
+    (printed once, by rank 0) instead of the others failing on a closed connection while they wait."""
+    outcome = [None]
+    if dist_info.is_main:
+        try:
+            outcome[0] = ("result", work())
+        except UserError as e:
+            outcome[0] = ("error", e)
+    if dist_info.world_size > 1:
+        dist.broadcast_object_list(outcome, src=0)
+    kind, value = outcome[0]
+    if kind == "error":
+        raise value
+    return value
 
 
 def shutdown_distributed() -> None:

@@ -50,11 +50,8 @@ def run_lock(directory: str) -> Iterator[Callable[[], None]]:
 
 
 @contextlib.contextmanager
-def claim_run_dir(directory: str, resuming: bool, is_main: bool) -> Iterator[None]:
-    """Rank 0 locks the run directory; a new run then refuses it if another run's files are there."""
-    if not is_main:
-        yield
-        return
+def claim_run_dir(directory: str, resuming: bool) -> Iterator[None]:
+    """Lock the run directory (rank 0); a new run then refuses it if another run's files are there."""
     with run_lock(directory) as record_pid:
         found = run_files(directory)
         if found and not resuming:
