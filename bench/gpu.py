@@ -5,9 +5,10 @@
 
 Parts, run in this order, each within what is left of --budget-seconds:
   tests  the tests that have a device variant (pytest -m device) with TEST_DEVICE=cuda
-  mfu    python -m bench.mfu for sudoku_mlp at the paper's batch (768) and arc_att at 192, halved until it fits
   eval   evaluation throughput of the compiled evaluation copy (as pretrain.py builds it) against eager, on the
-         same batches, and whether their metrics agree
+         same batches, and whether their losses agree (before mfu: bench.mfu's fixed-halting inference of the same
+         model can then find its compiled graph in Inductor's cache)
+  mfu    python -m bench.mfu for sudoku_mlp at the paper's batch (768) and arc_att at 192, halved until it fits
   nccl   with 2 or more GPUs: pretrain.py on 2 NCCL ranks against 1 rank, the first steps' losses
 The exit status is 1 when a part failed."""
 import argparse
@@ -27,7 +28,7 @@ import torch
 from bench.mfu import CASES, compose_config, synchronize, write_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("tests", "mfu", "eval", "nccl")
+PARTS = ("tests", "eval", "mfu", "nccl")
 PAPER_BATCHES = {"sudoku_mlp": 768, "arc_att": 192}
 SMOKE_BATCHES = {"sudoku_mlp": 4, "arc_att": 2}
 # The tiny model of the CPU smoke run
