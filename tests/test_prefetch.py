@@ -4,8 +4,12 @@ import pytest
 import torch
 
 from bench.mfu import Case, write_synthetic_dataset
+from models.adam_atan2 import AdamATan2
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
+from training.distributed import DistInfo
+from training.loop import TrainState, train_batch
 from training.prefetch import Prefetcher, prefetch_depth, prefetched
+from tests.helpers import tiny_head
 
 
 @pytest.fixture(scope="module")
@@ -15,8 +19,8 @@ def data_path(tmp_path_factory):
     return path
 
 
-def loader(data_path):
-    return PuzzleDataset(PuzzleDatasetConfig(seed=3, dataset_paths=[str(data_path)], global_batch_size=4,
+def loader(data_path, batch_size=4):
+    return PuzzleDataset(PuzzleDatasetConfig(seed=3, dataset_paths=[str(data_path)], global_batch_size=batch_size,
                                              test_set_mode=False, epochs_per_iter=1, rank=0, num_replicas=1))
 
 
@@ -73,3 +77,22 @@ def test_an_error_in_the_loader_reaches_the_training_loop_and_depth_zero_is_the_
     assert prefetched(plain, 0) is plain and isinstance(prefetched(plain, 2), Prefetcher)
     assert prefetch_depth(None, torch.device("cpu")) == 0 and prefetch_depth(None, torch.device("cuda")) == 3
     assert prefetch_depth(2, torch.device("cpu")) == 2
+
+
+@pytest.mark.device
+def test_training_on_prefetched_pinned_batches_gives_the_losses_of_plain_batches(tmp_path, device):
+    """On CUDA the batches are pinned and copied with non_blocking: the step must still see each batch whole."""
+    write_synthetic_dataset(tmp_path, Case("quickstart", 3, 4, 5, "tiny_head's shape"), train_examples=30, test_examples=3)
+
+    def losses(batches):
+        torch.manual_seed(0)
+        with torch.device(device):
+            head = tiny_head(num_puzzle_identifiers=1000)
+        state = TrainState(head=head, optimizers=[AdamATan2(head.parameters(), lr=0)], base_lrs=[1e-2], carry=None,
+                           step=0, total_steps=10)
+        return [train_batch(state, batch, size, 0, 1.0, DistInfo(), device)["train/lm_loss"] for _, batch, size in batches]
+
+    plain = losses(loader(tmp_path, batch_size=3))
+    assert len(plain) == 10
+    prefetched_losses = losses(Prefetcher(loader(tmp_path, batch_size=3), depth=3, pin=device.type == "cuda"))
+    assert prefetched_losses == pytest.approx(plain, rel=1e-5)
