@@ -161,10 +161,10 @@ class Attention(nn.Module):
 
 
 def silu_mul_backward(d_act: torch.Tensor, gate: torch.Tensor, up: torch.Tensor):
-    """Gradients of act = silu(gate) * up: (d_gate, d_up), and act itself (recomputed rather than stored)."""
-    sig = torch.sigmoid(gate)
-    silu = gate * sig
-    d_gate = d_act * up * (sig * (1 + gate * (1 - sig)))
+    """Gradients of act = silu(gate) * up: (d_gate, d_up), and act itself (recomputed rather than stored).
+    ATen's fused silu_backward: half the passes over these wide tensors of the formula spelled out."""
+    silu = F.silu(gate)
+    d_gate = torch.ops.aten.silu_backward(d_act * up, gate)
     return d_gate, d_act * silu, silu * up
 
 
