@@ -115,6 +115,7 @@ def test_freeze_weights_fine_tunes_only_a_new_puzzle_table(sudoku4, uninterrupte
     shutil.copytree(sudoku4, data)
     ids = np.load(data / "train" / "all__puzzle_identifiers.npy")
     np.save(data / "train" / "all__puzzle_identifiers.npy", np.arange(1, len(ids) + 1, dtype=ids.dtype))
+    (data / "identifiers.json").write_text(json.dumps(["<blank>"] + [f"p{i}" for i in range(1, len(ids) + 1)]))
     for split in ("train", "test"):
         meta = json.loads((data / split / "dataset.json").read_text())
         meta["num_puzzle_identifiers"] = len(ids) + 1
