@@ -172,15 +172,17 @@ def test_task_and_model_files_compose_into_the_advertised_runs():
     assert tf.arch.name.startswith("recursive_reasoning.transformers_baseline") and tf.arch.H_layers == 4
 
 
-def test_tracker_puts_the_run_in_its_wandb_group(tmp_path, monkeypatch):
+def test_tracker_puts_the_run_in_its_wandb_group_and_says_where_an_offline_run_is(tmp_path, monkeypatch, capsys):
     import wandb
     from training.tracking import Tracker
     seen = {}
-    monkeypatch.setattr(wandb, "init", lambda **kw: seen.update(kw) or SimpleNamespace(id="x", finish=lambda: None))
+    files = tmp_path / "wandb" / "offline-run-x" / "files"
+    monkeypatch.setattr(wandb, "init", lambda **kw: seen.update(kw) or SimpleNamespace(id="x", dir=str(files), finish=lambda: None))
     config = validate_config(_config(wandb={"mode": "offline", "group": "replicate-sudoku6-trm"}, project_name="p",
                                      run_name="r"))
     Tracker(config, str(tmp_path))
     assert seen["group"] == "replicate-sudoku6-trm"
+    assert f"upload it later with: wandb sync {files.parent}" in capsys.readouterr().out
 
 
 @pytest.mark.slow
