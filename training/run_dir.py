@@ -2,9 +2,9 @@
 metrics, and a lock file keeps a second live run (a new one or a resume) out while the first is running."""
 import contextlib
 import os
-import re
 from typing import Callable, Iterator, List
 
+from training.checkpoint import STATE_FILE, WEIGHTS_FILE
 from training.config import ConfigError
 
 try:
@@ -13,14 +13,15 @@ except ImportError:  # Windows: no advisory locks; the checkpoint check still ap
     fcntl = None
 
 LOCK_FILE = "run.lock"
-RUN_FILES = re.compile(r"^(step_\d+|state_\d+\.pt|metrics\.jsonl)$")
+METRICS_FILE = "metrics.jsonl"
 
 
 def run_files(directory: str) -> List[str]:
     """The checkpoints and metrics of a run in `directory`, sorted."""
     if not os.path.isdir(directory):
         return []
-    return sorted(name for name in os.listdir(directory) if RUN_FILES.match(name))
+    return sorted(name for name in os.listdir(directory)
+                  if name == METRICS_FILE or STATE_FILE.match(name) or WEIGHTS_FILE.match(name))
 
 
 @contextlib.contextmanager
@@ -55,7 +56,7 @@ def claim_run_dir(directory: str, resuming: bool) -> Iterator[None]:
     with run_lock(directory) as record_pid:
         found = run_files(directory)
         if found and not resuming:
-            resumable = any(name.startswith("state_") for name in found)
+            resumable = any(STATE_FILE.match(name) for name in found)
             fix = f"continue it with resume={directory}" if resumable else "it has no checkpoint to resume: delete it"
             raise ConfigError(f"checkpoint_path {directory} already holds a run ({', '.join(found[:3])}): {fix}, or "
                               f"give this run another +run_name= or +checkpoint_path=")
