@@ -134,7 +134,9 @@ def output_dir_problem(path: Path, force: bool, recognise: Callable[[Path], bool
     """Why `path` may not receive a new build, or None: only an absent or empty directory, or (with --force) a
     previous build recognised by `recognise`, may be written; anything else stays untouched."""
     if not path.exists():
-        return None
+        existing = next(p for p in path.absolute().parents if p.exists())
+        # read-only or forbidden: say so now, not after the build (root passes permission checks, not EROFS)
+        return None if os.access(existing, os.W_OK) else f"--output-dir {path}: {existing} is not writable: choose a writable directory"
     if not path.is_dir():
         return f"--output-dir {path} is an existing file: give the path of a new directory"
     if not any(path.iterdir()):

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from inference.loading import QUICKSTART_DIR, InputError, test_split_paths
+from inference.loading import KINDS, QUICKSTART_DIR, InputError, test_split_paths
 from utils.errors import user_errors
 
 OPTIONS = {"checkpoint": QUICKSTART_DIR, "index": "0", "halt": "adaptive", "halt_threshold": "0.5", "delay": "0.5",
@@ -54,6 +54,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise InputError(f"no checkpoint under {QUICKSTART_DIR}/: give checkpoint=<run dir or weights file>, or train "
                          f"the quickstart one with python pretrain.py +experiment=quickstart")
     solver = Solver.from_checkpoint(options["checkpoint"], device=options["device"])
+    if solver.kind not in KINDS:
+        raise InputError(f"the demo draws {', '.join(KINDS)} puzzles, not {solver.kind} ones: use inference.api.Solver "
+                         f"for this checkpoint")
     data_paths = test_split_paths(solver.loaded.run_config or {})
     if not data_paths or not os.path.isdir(os.path.join(data_paths[0], "test")):
         raise InputError(f"the test split of this run's dataset ({data_paths or 'unknown'}) is not on disk: build it first")

@@ -158,3 +158,6 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_files(small_disk, tiny, t
                        "arch.hidden_size=128", "arch.puzzle_emb_ndim=128", f"+checkpoint_path={run}"], cwd=tmp_path)
     assert "no space left on the device" in last_line_error(result)
     assert [p.name for p in run.iterdir() if ".tmp." in p.name] == []
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    line = one_line_error(sudoku_builder("--output-dir", small_disk / "new"))  # before any work
+    assert f"{small_disk} is not writable: choose a writable directory" in line

@@ -16,7 +16,7 @@ from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
 from tests.helpers import ROOT, build_sudoku4
 from training.builders import fit_evaluators
 from training.checkpoint import STATE_FORMAT, prepare_resume
-from training.config import ConfigError, EvaluatorConfig, validate_config
+from training.config import ConfigError, EvaluatorConfig, sweep_run_name, validate_config
 from training.data_checks import check_run_data, planned_steps
 
 
@@ -68,6 +68,17 @@ def test_resume_latest_looks_under_the_runs_own_checkpoint_path_and_offers_an_in
     (runs / "a" / "state_8.pt").unlink()
     config, loaded = prepare_resume(composed(["resume=latest", f"+checkpoint_path={runs}"]), ["resume=latest"])
     assert loaded["step"] == 4 and config.checkpoint_path == str(runs / "a")
+
+
+def test_sweep_points_and_evaluation_options_get_folders_of_their_own():
+    from evaluate import EvaluateConfig, results_dir_name
+    name = sweep_run_name("recursive_reasoning.trm@TRM", ["arch.L_cycles=4", "data_paths=[/data/x]", "+experiment=quick",
+                                                          "hydra.launcher.nodes=2", "+run_note=a b"])
+    assert name.startswith("TRM_arch.L_cycles=4_experiment=quick-") and " " not in name and "/" not in name
+    assert results_dir_name(EvaluateConfig(checkpoint="run"), 80) == "eval_step_80"
+    assert results_dir_name(EvaluateConfig(checkpoint="run", halt="both", halt_threshold=0.9,
+                                           data_paths=["/data/sudoku6"]), 80) == \
+        "eval_step_80_data_paths=sudoku6_halt=both_halt_threshold=0.9"
 
 
 def test_the_solver_checks_plain_puzzles():

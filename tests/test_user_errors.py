@@ -262,7 +262,7 @@ def test_a_full_disk_deep_in_a_chain_is_one_line(capsys):
         saves()
     assert stopped.value.code == 2
     assert capsys.readouterr().err == ("error: no space left on the device writing '/mnt/run/state_3.pt': free space or "
-                                       "choose a writable directory\n")
+                                       "choose another directory\n")
 
 
 def test_other_exceptions_are_not_hidden():

@@ -8,8 +8,9 @@ from typing import Callable, Optional
 
 EXIT_USER_ERROR = 2
 # Environment problems, not bugs: the wrapper reports these in one line wherever they occur in the chain.
-DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied"}
+FULL, READ_ONLY = "free space or choose another directory", "choose a writable directory"
+DISK_ERRNOS = {errno.ENOSPC: ("no space left on the device", FULL), errno.EDQUOT: ("disk quota exceeded", FULL),
+               errno.EROFS: ("the file system is read-only", READ_ONLY), errno.EACCES: ("permission denied", READ_ONLY)}
 
 
 class UserError(Exception):
@@ -27,12 +28,12 @@ def disk_problem(exc: BaseException) -> Optional[str]:
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
-            where = f" writing '{exc.filename}'" if exc.filename else ""
-            return f"{DISK_ERRNOS[exc.errno]}{where}: free space or choose a writable directory"
+            problem, fix = DISK_ERRNOS[exc.errno]
+            return f"{problem}{f' writing {exc.filename!r}' if exc.filename else ''}: {fix}"
         # C++ writers (torch.save) may keep only the system's wording of the error
         worded = [code for code in DISK_ERRNOS if os.strerror(code) in str(exc)]
         if worded:
-            return f"{DISK_ERRNOS[worded[0]]}: free space or choose a writable directory"
+            return "{}: {}".format(*DISK_ERRNOS[worded[0]])
         exc = exc.__cause__ or exc.__context__
     return None
 
