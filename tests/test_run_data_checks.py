@@ -108,3 +108,30 @@ def test_custom_datasets_encode_and_decode_by_their_vocabulary(tmp_path):
         encode_custom(["x"], vocab, inputs.shape[1])
     shutil.rmtree(out)
     assert read_vocabulary(str(out)) is None
+
+
+def test_a_changed_arch_on_resume_names_only_what_changed():
+    from training.checkpoint import describe_change
+    assert describe_change("arch", {"hidden_size": 32, "L_layers": 2}, {"hidden_size": 64, "L_layers": 2}) == \
+        "arch.hidden_size was 32, now 64"
+    assert describe_change("epochs", 10, 20) == "epochs was 10, now 20"
+
+
+@pytest.mark.slow
+def test_the_solver_reads_a_custom_dataset_by_its_vocabulary(tmp_path):
+    import subprocess
+    import sys
+    from inference.api import Solver
+    from tests.helpers import ENV
+    from _tiny_checkpoint import TINY_ARCH
+    data, run = tmp_path / "add", tmp_path / "run"
+    build_arithmetic_dataset.main(["--digits", "2", "--num-train", "64", "--num-test", "8", "--output-dir", str(data)])
+    trained = subprocess.run([sys.executable, str(ROOT / "pretrain.py"), f"data_paths=[{data}]", "evaluators=[]",
+                              "global_batch_size=16", "epochs=2", "eval_interval=2", "device=cpu", *TINY_ARCH,
+                              f"+checkpoint_path={run}"], cwd=tmp_path, env=dict(ENV, OMP_NUM_THREADS="1"),
+                             capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    solver = Solver.from_checkpoint(run, device="cpu")
+    assert solver.kind == "custom"  # by its sizes (9 cells, 12 tokens) it is no Sudoku, maze or ARC: no guessing
+    answer = solver.solve([" 12", " 34", "   "], halt="fixed").answer
+    assert len(answer) <= 3 and all(set(row) <= set(" 0123456789") for row in answer)
