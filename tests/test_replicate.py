@@ -2,6 +2,7 @@
 miniature grid run end to end."""
 import csv
 import json
+import shlex
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -182,7 +183,7 @@ def test_tracker_puts_the_run_in_its_wandb_group_and_says_where_an_offline_run_i
                                      run_name="r"))
     Tracker(config, str(tmp_path))
     assert seen["group"] == "replicate-sudoku6-trm"
-    assert f"upload it later with: wandb sync {files.parent}" in capsys.readouterr().out
+    assert f"upload it later with: wandb sync {shlex.quote(str(files.parent))}" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import shlex
 import time
 from typing import Any, Dict, Optional
 
@@ -68,7 +69,7 @@ class Tracker:
                 self.run = wandb.init(mode="offline", **kwargs)
             if self.mode == "offline":
                 where = os.path.dirname(self.run.dir)  # <run dir>/wandb/offline-run-*/ (run.dir is its files/)
-                print(f"W&B is offline: the run is kept in {where}; upload it later with: wandb sync {where}")
+                print(f"W&B is offline: the run is kept in {where}; upload it later with: wandb sync {shlex.quote(where)}")
 
     @property
     def run_id(self) -> Optional[str]:
