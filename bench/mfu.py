@@ -198,6 +198,7 @@ def run_case(name: str, args, work: Path) -> dict:
         runs.append(("plain", maybe_compile(plain_head, compiled, device), *create_optimizers(config, plain_head, 1)))
     all_step_times, peaks, load_seconds = time_training(name, runs, train_loader, config, args, device, dtype)
     step_times = all_step_times[0]
+    plain_step = float(np.median(all_step_times[1])) if args.versus_plain else None
     model.eval()
     inference = {}
     for mode, runner in (("fixed", run_to_max_steps), ("adaptive", AdaptiveHalting(threshold=0.5))):
@@ -219,8 +220,7 @@ def run_case(name: str, args, work: Path) -> dict:
         "inference_gflop_per_act_step": act_step_flops(shape, training=False) / 1e9,
         "inference": inference, "peak_memory_mb": peak_memory_mb(device),
         "peak_memory_kind": "CUDA allocated" if device.type == "cuda" else "process RSS",
-        **({"plain_step_seconds": float(np.median(all_step_times[1])),
-            "speedup_over_plain": float(np.median(all_step_times[1])) / step_time} if args.versus_plain else {}),
+        **({"plain_step_seconds": plain_step, "speedup_over_plain": plain_step / step_time} if plain_step else {}),
     }
 
 

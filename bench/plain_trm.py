@@ -59,15 +59,17 @@ def plain_inner_forward(inner, carry, batch):
     """TinyRecursiveReasoningModel_ACTV1_Inner.forward, plainly."""
     cos_sin = inner.cos_sin()
     x = inner.input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
+
+    def H_cycle(z_H, z_L):
+        for _ in range(inner.config.L_cycles):
+            z_L = plain_net(z_L, z_H + x, inner.L_level, cos_sin)
+        return plain_net(z_H, z_L, inner.L_level, cos_sin), z_L
+
     z_H, z_L = carry.z_H, carry.z_L
-    with torch.no_grad():
+    with torch.no_grad():  # only the last H cycle is back-propagated
         for _ in range(inner.config.H_cycles - 1):
-            for _ in range(inner.config.L_cycles):
-                z_L = plain_net(z_L, z_H + x, inner.L_level, cos_sin)
-            z_H = plain_net(z_H, z_L, inner.L_level, cos_sin)
-    for _ in range(inner.config.L_cycles):
-        z_L = plain_net(z_L, z_H + x, inner.L_level, cos_sin)
-    z_H = plain_net(z_H, z_L, inner.L_level, cos_sin)
+            z_H, z_L = H_cycle(z_H, z_L)
+    z_H, z_L = H_cycle(z_H, z_L)
     return (TinyRecursiveReasoningModel_ACTV1InnerCarry(z_H.detach(), z_L.detach()), *inner.output_heads(z_H))
 
 
