@@ -26,6 +26,7 @@ from typing import Dict, List
 import torch
 
 from bench.mfu import CASES, compose_config, synchronize, write_synthetic_dataset
+from training.tracking import METRICS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("tests", "eval", "mfu", "nccl")
@@ -161,7 +162,7 @@ def nccl_losses(nproc: int, data: Path, work: Path, budget: Budget) -> List[floa
                          text=True, timeout=budget.left())
     if out.returncode != 0:
         raise RuntimeError(f"{nproc} rank(s): {last_line(out.stderr)}")
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
     return [r["train/lm_loss"] for r in records if r.get("train/lm_loss") is not None]
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from models.checkpoint_io import COMPILED_PREFIX, load_reference_checkpoint
 from training.config import ConfigError, PretrainConfig, validate_config
+from training.tracking import METRICS_FILE
 
 STATE_FORMAT = "trm-training-state/1"
 STATE_FILE = re.compile(r"^state_(\d+)\.pt$")
@@ -348,7 +349,7 @@ def logged_step(line: str) -> Optional[int]:
 def rewind_metrics(run_dir: str, step: int) -> None:
     """Records logged after the checkpoint (by a run that crashed later) move to metrics.after_crash.jsonl, so
     metrics.jsonl reads as if the run had never stopped."""
-    path = os.path.join(run_dir, "metrics.jsonl")
+    path = os.path.join(run_dir, METRICS_FILE)
     if not os.path.isfile(path):
         return
     with open(path) as f:

@@ -6,6 +6,7 @@ from typing import Callable, Iterator, List
 
 from training.checkpoint import STATE_FILE, WEIGHTS_FILE
 from training.config import ConfigError
+from training.tracking import METRICS_FILE
 
 try:
     import fcntl
@@ -13,7 +14,6 @@ except ImportError:  # Windows: no advisory locks; the checkpoint check still ap
     fcntl = None
 
 LOCK_FILE = "run.lock"
-METRICS_FILE = "metrics.jsonl"
 
 
 def run_files(directory: str) -> List[str]:

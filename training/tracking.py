@@ -8,6 +8,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+METRICS_FILE = "metrics.jsonl"   # every logged metric of a run, one JSON object per line
+
 
 def wandb_logged_in() -> bool:
     """True when an API key is configured (env, netrc or settings); makes no network call."""
@@ -48,7 +50,7 @@ class Tracker:
 
     def __init__(self, config, run_dir: str, run_id: Optional[str] = None):
         os.makedirs(run_dir, exist_ok=True)
-        self.jsonl_path = os.path.join(run_dir, "metrics.jsonl")
+        self.jsonl_path = os.path.join(run_dir, METRICS_FILE)
         self._jsonl = open(self.jsonl_path, "a")
         self._flushed_at = time.monotonic()
         self.mode = resolve_wandb_mode(config.wandb.mode)

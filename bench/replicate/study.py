@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
 from bench.replicate.table import RunResult, csv_table, effective_depth, markdown_table, summarise
+from training.tracking import METRICS_FILE
 from utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,9 +106,9 @@ def collect_run(study: StudyConfig, task: str, model: str, seed: int, device: to
     from bench.replicate.curve import accuracy_per_step
 
     directory = run_dir(study, task, model, seed)
-    if not (directory / "metrics.jsonl").is_file():
+    if not (directory / METRICS_FILE).is_file():
         raise StudyError(f"run {directory} has no metrics.jsonl: it did not train (see the multirun's output)")
-    lines = read_metrics(directory / "metrics.jsonl")
+    lines = read_metrics(directory / METRICS_FILE)
     evals = [line for line in lines if line.get("all/count") is not None]
     if not evals:
         raise StudyError(f"run {directory} logged no held-out evaluation: does its dataset have a test split?")
