@@ -3,6 +3,7 @@ traceback, before any heavy work. The table runs in one process (tests/_cli_runn
 as `python <script>` / `python -m <module>` would."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -285,4 +286,6 @@ def test_under_torchrun_the_line_is_printed_once_and_no_rank_fails_on_its_own(tm
     assert errors == ["error: bad config key 'lr' = -1: Input should be greater than 0"], result.stderr[-3000:]
     # torchrun's own report lists the ranks; none died of the other's exit (a closed connection) with a traceback
     assert "pretrain.py\", line" not in result.stderr and "Connection closed" not in result.stderr
-    assert result.stderr.count("exitcode  : 2") == 2
+    # the first rank to exit is reported with code 2; torchrun may stop the other (SIGTERM) before it exits itself
+    codes = re.findall(r"exitcode  : (-?\d+)", result.stderr)
+    assert "2" in codes and set(codes) <= {"2", "-15"}, codes
