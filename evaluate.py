@@ -18,17 +18,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from evaluators.stats import add_wilson_intervals
-from inference.halting import AdaptiveHalting
-from inference.loading import (InputError, LoadedCheckpoint, find_weights, guess_kind, load_checkpoint, load_run_config,
+from evaluation.halting import AdaptiveHalting
+from models.loading import (InputError, LoadedCheckpoint, find_weights, guess_kind, load_checkpoint, load_run_config,
                                run_hints, step_of, test_split_paths)
 from dataset.validate import check_dataset
 from models.lm import ARCH_NAME as LM_ARCH_NAME
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
 from training.builders import create_evaluators, fit_evaluators
 from training.config import ConfigError, EvaluatorConfig, format_validation_error
-from training.device import (compile_failures_stop_the_run, describe_precision, describe_threads, maybe_compile,
+from utils.device import (compile_failures_stop_the_run, describe_precision, describe_threads, maybe_compile,
                              set_intra_op_threads, setup_device)
-from training.distributed import DistInfo, init_distributed, shutdown_distributed
+from utils.distributed import DistInfo, init_distributed, shutdown_distributed
 from training.loop import evaluate
 from utils.errors import user_errors
 from utils.hydra_cli import check_command_line

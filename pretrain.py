@@ -18,16 +18,16 @@ from training.checkpoint import (Checkpointer, load_weights_file, override_keys,
                                  rewind_metrics)
 from training.config import PretrainConfig, sweep_run_name, validate_config
 from training.data_checks import check_run_data, planned_steps
-from training.device import (compile_failures_stop_the_run, describe_precision, describe_threads, maybe_compile,
+from utils.device import (compile_failures_stop_the_run, describe_precision, describe_threads, maybe_compile,
                              resolve_forward_dtype, set_intra_op_threads, setup_device)
-from training.distributed import DistInfo, init_distributed, on_main_rank, shutdown_distributed
+from utils.distributed import DistInfo, init_distributed, on_main_rank, shutdown_distributed
 from training.loop import TrainState, eval_summary_line, evaluate, final_summary_line, train_batch
 from training.preemption import GracefulStop
 from training.prefetch import prefetch_depth, prefetched
 from training.run_dir import claim_run_dir
 from training.schedule import total_training_steps
 from training.tracking import Tracker
-from training.visuals import dataset_kind, reasoning_images
+from evaluation.pictures import dataset_kind, reasoning_images
 from utils.errors import user_errors
 from utils.hydra_cli import check_command_line
 

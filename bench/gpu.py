@@ -99,8 +99,8 @@ def eval_throughput(args, work: Path) -> Dict[str, str]:
     """In this process: the sudoku_mlp model's test batches through its EMA copy, eager and compiled."""
     from models.ema import EMAHelper
     from training.builders import create_dataloader, create_loss_head
-    from training.device import maybe_compile, resolve_forward_dtype, setup_device
-    from training.distributed import DistInfo
+    from utils.device import maybe_compile, resolve_forward_dtype, setup_device
+    from utils.distributed import DistInfo
     from training.loop import evaluate
 
     smoke = args.device == "cpu"

@@ -131,7 +131,7 @@ def time_training(name: str, runs, train_loader, config, args, device, dtype):
     """Training steps of each run in `runs` ((label, model, optimizers, base_lrs)), taken in turn so that the host's
     drift affects them alike. Returns each run's step times after --warmup untimed steps, the matmul peak measured
     right after each step of the first run, and the seconds spent loading that run's batches."""
-    from training.distributed import DistInfo
+    from utils.distributed import DistInfo
     from training.loop import TrainState, train_batch
     dist = DistInfo()
     states = [TrainState(head=model, optimizers=opt, base_lrs=lrs, carry=None, step=0, total_steps=10 ** 6)
@@ -159,11 +159,11 @@ def time_training(name: str, runs, train_loader, config, args, device, dtype):
 
 def run_case(name: str, args, work: Path) -> dict:
     """Train, time and infer one case; its synthetic dataset goes under `work`."""
-    from inference.halting import AdaptiveHalting
+    from evaluation.halting import AdaptiveHalting
     from training.builders import create_dataloader, create_loss_head, create_optimizers
     from training.checkpoint import load_weights_file
-    from training.device import maybe_compile, pick_device, resolve_forward_dtype, setup_device
-    from training.distributed import DistInfo
+    from utils.device import maybe_compile, pick_device, resolve_forward_dtype, setup_device
+    from utils.distributed import DistInfo
     from training.loop import run_to_max_steps
     from bench.flops import act_step_flops
     from bench.plain_trm import use_plain_network

@@ -9,7 +9,7 @@ import torch
 
 from dataset.build_arc_dataset import crop_sizes, grid_hash, inverse_augment_grid, parse_augment_name, to_grid
 from dataset.common import PuzzleDatasetMetadata
-from training.distributed import gather_to_rank0
+from utils.distributed import gather_to_rank0
 
 
 def vote(candidates: Sequence[Tuple[str, float]]) -> List[Tuple[str, int, float]]:

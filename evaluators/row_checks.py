@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from evaluators.stats import accuracy_with_interval
-from training.distributed import gather_to_rank0
+from utils.distributed import gather_to_rank0
 
 IGNORE_LABEL_ID = -100  # what the loader turns the dataset's ignore_label_id into
 

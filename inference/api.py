@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from inference.encoding import decode_answer, encode, read_vocabulary
-from inference.halting import AdaptiveHalting
-from inference.loading import InputError, LoadedCheckpoint, guess_kind, load_checkpoint, run_hints, test_split_paths
-from training.device import pick_device
+from evaluation.halting import AdaptiveHalting
+from models.loading import InputError, LoadedCheckpoint, guess_kind, load_checkpoint, run_hints, test_split_paths
+from utils.device import pick_device
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Solver:
                         arch: Optional[dict] = None) -> "Solver":
         """`path`: a weights file, a run directory or a directory of runs. `data_path`: a dataset of the checkpoint's
         shape, needed only when the run's data is gone and the weights do not tell the sequence length."""
-        from inference.loading import read_split_metadata
+        from models.loading import read_split_metadata
         torch_device = pick_device(device)
         metadata = read_split_metadata(data_path) if data_path else None
         return cls(load_checkpoint(path, torch_device, metadata=metadata, arch=arch, data_name=data_path or ""),

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from inference.loading import KINDS, QUICKSTART_DIR, InputError, test_split_paths
+from models.loading import KINDS, QUICKSTART_DIR, InputError, test_split_paths
 from utils.errors import user_errors
 
 OPTIONS = {"checkpoint": QUICKSTART_DIR, "index": "0", "halt": "adaptive", "halt_threshold": "0.5", "delay": "0.5",

@@ -11,7 +11,7 @@ import numpy as np
 from dataset.build_arc_dataset import GRID_SIZE, ARCInputError, encode_grid, to_grid
 from dataset.checkers import MAZE_CHARSET
 from dataset.common import DatasetError
-from inference.loading import InputError
+from models.loading import InputError
 from visualize.decode import decode
 
 

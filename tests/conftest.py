@@ -19,5 +19,5 @@ TEST_DEVICE = os.environ.get("TEST_DEVICE", "cpu")
 
 @pytest.fixture
 def device() -> torch.device:
-    from training.device import pick_device
+    from utils.device import pick_device
     return pick_device(TEST_DEVICE)  # an unavailable device fails here, it is not skipped

@@ -1,12 +1,12 @@
-"""The GPU path's decisions (training/device.py): bfloat16 only where native, a compile failure stops the run in one
+"""The GPU path's decisions (utils/device.py): bfloat16 only where native, a compile failure stops the run in one
 line, and suppress_errors only where no C++ toolchain exists."""
 import pytest
 import torch
 import torch._dynamo
 
-import training.device as device_module
+import utils.device as device_module
 from training.config import ConfigError
-from training.device import choose_forward_dtype, compile_failures_stop_the_run, maybe_compile
+from utils.device import choose_forward_dtype, compile_failures_stop_the_run, maybe_compile
 
 
 @pytest.mark.parametrize("capability, expected", [((6, 0), "float32"), ((7, 0), "float32"), ((7, 5), "float32"),

@@ -1,10 +1,10 @@
-"""Device choice and the CPU allocator setting (training/device.py)."""
+"""Device choice and the CPU allocator setting (utils/device.py)."""
 import sys
 
 import pytest
 import torch
 
-from training.device import pick_device, resolve_forward_dtype, setup_device
+from utils.device import pick_device, resolve_forward_dtype, setup_device
 
 
 def test_cpu_device_and_float32_stay_as_asked():
@@ -22,7 +22,7 @@ def test_setup_device_keeps_large_cpu_allocations_working():
 
 
 def test_thread_count_respects_the_user_and_splits_cores_among_local_ranks():
-    from training.device import choose_num_threads
+    from utils.device import choose_num_threads
     assert choose_num_threads(8, 1, None) == (8, "8 cores")
     assert choose_num_threads(8, 1, "3") == (3, "OMP_NUM_THREADS")          # the user's setting wins
     assert choose_num_threads(8, 4, None) == (2, "8 cores / 4 local ranks")
@@ -33,14 +33,14 @@ def test_thread_count_respects_the_user_and_splits_cores_among_local_ranks():
 
 
 def test_a_non_numeric_thread_setting_is_one_user_error():
-    from training.device import choose_num_threads
+    from utils.device import choose_num_threads
     from utils.errors import UserError
     with pytest.raises(UserError, match="OMP_NUM_THREADS='many'"):
         choose_num_threads(2, 1, "many")
 
 
 def test_set_intra_op_threads_applies_the_choice_and_describes_it(monkeypatch):
-    from training.device import describe_threads, set_intra_op_threads
+    from utils.device import describe_threads, set_intra_op_threads
     previous = torch.get_num_threads()
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)

@@ -70,7 +70,7 @@ def test_slurm_launcher_config_composes():
 
 
 def test_slurm_tasks_get_torch_distributed_ranks(monkeypatch):
-    from training.distributed import adopt_slurm_environment
+    from utils.distributed import adopt_slurm_environment
     for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.setenv(key, "")  # recorded, so the variables the helper exports are removed after the test
         monkeypatch.delenv(key)

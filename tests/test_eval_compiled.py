@@ -7,8 +7,8 @@ import torch
 from torch._dynamo.utils import counters
 
 from models.ema import EMAHelper
-from training.device import maybe_compile
-from training.distributed import DistInfo
+from utils.device import maybe_compile
+from utils.distributed import DistInfo
 from training.loop import evaluate
 from tests.helpers import tiny_head
 

@@ -9,10 +9,10 @@ import torch
 from _tiny_checkpoint import tiny_checkpoint
 from inference.api import Solver
 from inference.encoding import arc_test_inputs, encode_maze
-from inference.halting import AdaptiveHalting, halt_logit_threshold
-from inference.loading import InputError, load_checkpoint
+from evaluation.halting import AdaptiveHalting, halt_logit_threshold
+from models.loading import InputError, load_checkpoint
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
-from training.distributed import DistInfo
+from utils.distributed import DistInfo
 from training.loop import evaluate
 
 
@@ -151,7 +151,7 @@ def test_encoders_reject_bad_mazes_and_arc_colours():
 
 
 def test_reasoning_images_for_wandb(tiny, head):
-    from training.visuals import dataset_kind, reasoning_images
+    from evaluation.pictures import dataset_kind, reasoning_images
     loader = make_loader(tiny)
     kind = dataset_kind(loader.metadata, [str(tiny["data"])])
     images = reasoning_images(head, next(iter(loader))[1], kind, n=3)

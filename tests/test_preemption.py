@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import training.preemption as preemption
-from training.distributed import DistInfo
+from utils.distributed import DistInfo
 from training.preemption import AGREE_EVERY, GracefulStop
 from tests.helpers import free_port
 

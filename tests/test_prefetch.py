@@ -6,7 +6,7 @@ import torch
 from bench.mfu import Case, write_synthetic_dataset
 from models.adam_atan2 import AdamATan2
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
-from training.distributed import DistInfo
+from utils.distributed import DistInfo
 from training.loop import TrainState, train_batch
 from training.prefetch import Prefetcher, prefetch_depth, prefetched
 from tests.helpers import tiny_head

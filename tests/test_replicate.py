@@ -16,7 +16,7 @@ from bench.replicate.table import (ModelSummary, RunResult, csv_table, effective
 from tests.helpers import ENV, ROOT, build_sudoku4
 from training.budget import TrainingClock
 from training.config import ConfigError, validate_config
-from training.distributed import DistInfo
+from utils.distributed import DistInfo
 
 
 # ------------------------------------------------------------------ arithmetic

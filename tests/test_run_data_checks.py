@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from dataset import build_arithmetic_dataset
 from dataset.common import read_metadata
 from inference.encoding import decode_custom, encode_custom, encode_maze, encode_sudoku, read_vocabulary
-from inference.loading import InputError
+from models.loading import InputError
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
 from tests.helpers import ROOT, build_sudoku4
 from training.builders import fit_evaluators

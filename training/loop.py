@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from training.distributed import DistInfo
+from utils.distributed import DistInfo
 from training.schedule import cosine_schedule_with_warmup
 
 
@@ -98,7 +98,7 @@ def evaluate(head: nn.Module, eval_loader, eval_metadata, evaluators: List[Any],
     """Run every test batch to the end of ACT, then reduce per-set metrics and the evaluators' results to rank 0.
 
     `batch_runner(head, batches, return_keys, device)` yields (set_name, batch, metrics, outputs) and decides how
-    rows halt; default run_to_max_steps, the reference (e.g. inference.halting.AdaptiveHalting halts early)."""
+    rows halt; default run_to_max_steps, the reference (e.g. evaluation.halting.AdaptiveHalting halts early)."""
     from tqdm import tqdm
 
     return_keys = set(save_outputs)

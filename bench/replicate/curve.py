@@ -5,8 +5,8 @@ from typing import List, Tuple
 
 import torch
 
-from inference.halting import halted_row_metrics
-from training.distributed import DistInfo
+from evaluation.halting import halted_row_metrics
+from utils.distributed import DistInfo
 from training.loop import evaluate, to_device
 
 

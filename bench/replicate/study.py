@@ -102,7 +102,7 @@ def read_metrics(path: Path) -> List[Dict[str, Any]]:
 
 
 def collect_run(study: StudyConfig, task: str, model: str, seed: int, device: torch.device) -> RunResult:
-    from inference.loading import find_weights, load_checkpoint, load_run_config
+    from models.loading import find_weights, load_checkpoint, load_run_config
     from bench.replicate.curve import accuracy_per_step
 
     directory = run_dir(study, task, model, seed)
@@ -150,7 +150,7 @@ def write_results(runs: List[RunResult], output_dir: Path, study: StudyConfig) -
 
 def run_study(study: StudyConfig, train: bool = True, quiet: bool = False) -> List[Path]:
     """Train the grid (unless `train` is False: re-score existing runs), then write the results; their paths."""
-    from training.device import pick_device
+    from utils.device import pick_device
 
     if train:
         train_grid(study, quiet=quiet)

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from dataset.common import output_dir_problem, read_metadata
 from dataset.build_text_dataset import TOKENIZER_FILES
-from inference.loading import find_weights
+from models.loading import find_weights
 from models.checkpoint_io import strip_compiled_prefix
 from models.lm import ARCH_NAME
 from training.checkpoint import read_weights_file

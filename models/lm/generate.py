@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-from inference.loading import InputError
+from models.loading import InputError
 from models.lm.export import hf_model_from_checkpoint, is_exported
 from utils.errors import UserError, user_errors
 
@@ -85,7 +85,7 @@ def generate(model, tokenizer, prompts: Sequence[str], device=None, **kwargs) ->
 
 def run(args: argparse.Namespace) -> List[str]:
     import torch
-    from training.device import pick_device
+    from utils.device import pick_device
     check_options(args)
     device = pick_device(args.device, flag="--device ")
     model, tokenizer = load_model(args.model)

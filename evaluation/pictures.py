@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from inference.halting import AdaptiveHalting
-from inference.loading import guess_kind
+from evaluation.halting import AdaptiveHalting
+from models.loading import guess_kind
 from visualize.images import steps_image
 
 

@@ -16,7 +16,7 @@ from models.checkpoint_io import load_reference_checkpoint, strip_compiled_prefi
 from training.builders import create_loss_head
 from training.checkpoint import read_weights_file
 from training.config import ArchConfig, ConfigError
-from training.device import resolve_forward_dtype
+from utils.device import resolve_forward_dtype
 from utils.errors import UserError
 
 STEP_FILE = re.compile(r"^step_(\d+)$")
