@@ -5,6 +5,7 @@ import torch
 from models.checkpoint_io import load_reference_checkpoint
 from models.losses import ACTLossHead
 from models.recursive_reasoning.trm import TinyRecursiveReasoningModel_ACTV1
+from utils.functions import load_model_class
 
 
 def head(num_puzzle_identifiers=4, hidden_size=16):
@@ -47,3 +48,40 @@ def test_mismatched_checkpoint_fails_with_one_line(tmp_path):
         load_reference_checkpoint(head(), partial)
     with pytest.raises(FileNotFoundError, match="checkpoint '.*nowhere' not found"):
         load_reference_checkpoint(head(), str(tmp_path / "nowhere"))
+
+
+TINY_ABLATION = dict(batch_size=2, seq_len=4, vocab_size=5, num_puzzle_identifiers=3, H_cycles=1, L_cycles=1, L_layers=1,
+                     hidden_size=16, expansion=2, num_heads=2, pos_encodings="rope", puzzle_emb_ndim=16,
+                     halt_max_steps=2, halt_exploration_prob=0.1, forward_dtype="float32")
+
+
+def ablation_head(arch):
+    return ACTLossHead(load_model_class(f"recursive_reasoning.{arch}@TinyRecursiveReasoningModel_ACTV1")(TINY_ABLATION))
+
+
+@pytest.mark.parametrize("arch, inits", [("trm_singlez", ["L_init"]),
+                                         ("trm_hier6", ["H_init"] + [f"L{i}_init" for i in range(1, 7)])])
+def test_ablation_loads_the_reference_layout(arch, inits):
+    D, V, hidden = 16, 5, 256  # SwiGLU width: 2/3 * expansion * D rounded up to a multiple of 256
+    shapes = {"embed_tokens.embedding_weight": (V, D), "lm_head.weight": (V, D), "q_head.weight": (2, D),
+              "q_head.bias": (2,), "puzzle_emb.weights": (3, D), **{k: (D,) for k in inits},
+              "L_level.layers.0.self_attn.qkv_proj.weight": (3 * D, D), "L_level.layers.0.self_attn.o_proj.weight": (D, D),
+              "L_level.layers.0.mlp.gate_up_proj.weight": (2 * hidden, D), "L_level.layers.0.mlp.down_proj.weight": (D, hidden)}
+    torch.manual_seed(0)
+    reference = {"_orig_mod.model.inner." + k: torch.randn(shape) for k, shape in shapes.items()}
+    target = ablation_head(arch)
+    load_reference_checkpoint(target, reference)
+    for k, v in reference.items():
+        assert torch.equal(target.state_dict()[k.removeprefix("_orig_mod.")], v), k
+
+
+def test_ablation_initial_vectors_are_separate_draws_in_the_reference_order():
+    heads = {}
+    for arch in ("trm", "trm_singlez", "trm_hier6"):
+        torch.manual_seed(0)
+        heads[arch] = ablation_head(arch).model.inner
+    trm, singlez, hier6 = heads["trm"], heads["trm_singlez"], heads["trm_hier6"]
+    assert torch.equal(singlez.L_init, trm.H_init)  # the first draw after the network, like trm's H_init
+    assert torch.equal(hier6.H_init, trm.H_init) and torch.equal(hier6.L1_init, trm.L_init)
+    latents = [getattr(hier6, f"L{i}_init") for i in range(1, 7)]
+    assert all(not torch.equal(a, b) for i, a in enumerate(latents) for b in latents[i + 1:])

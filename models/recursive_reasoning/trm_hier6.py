@@ -24,7 +24,13 @@ class TinyRecursiveReasoningModel_ACTV1_Inner(RecursiveInnerBase):
         super().__init__(config)
         self.L_level = ReasoningModule(config, config.L_layers, self.total_seq_len)
         self.register_buffer("H_init", self.state_init(), persistent=True)
-        self.register_buffer("L_init", self.state_init(), persistent=True)
+        # One vector per latent, drawn in turn after H_init, named L1_init.. as in the reference's checkpoints
+        for i in range(1, config.num_z_L + 1):
+            self.register_buffer(f"L{i}_init", self.state_init(), persistent=True)
+
+    def L_inits(self) -> torch.Tensor:
+        """The latents' initial vectors stacked as [num_z_L, 1, D], to broadcast over a carry's z_L."""
+        return torch.stack([getattr(self, f"L{i}_init") for i in range(1, self.config.num_z_L + 1)]).unsqueeze(1)
 
     def empty_carry(self, batch_size: int, device=None):
         z_L = self.empty_latent(batch_size, device).unsqueeze(1).repeat(1, self.config.num_z_L, 1, 1)
@@ -32,7 +38,7 @@ class TinyRecursiveReasoningModel_ACTV1_Inner(RecursiveInnerBase):
 
     def reset_carry(self, reset_flag: torch.Tensor, carry):
         return TinyRecursiveReasoningModel_ACTV1InnerCarry(reset_rows(reset_flag, self.H_init, carry.z_H),
-                                                           reset_rows(reset_flag, self.L_init, carry.z_L))
+                                                           reset_rows(reset_flag, self.L_inits(), carry.z_L))
 
     def forward(self, carry, batch):
         cos_sin = self.cos_sin()
