@@ -1,4 +1,4 @@
-"""Analytic model FLOPs of a TRM (SPEC §3): matrix products only, a multiply-add counted as 2 FLOPs.
+"""Analytic model FLOPs of a TRM (docs/network.md): matrix products only, a multiply-add counted as 2 FLOPs.
 
 Elementwise work (norms, activations, the optimiser) is left out, as MFU conventionally does."""
 from dataclasses import dataclass

@@ -1,4 +1,4 @@
-"""AdamATan2 (SPEC §6): Adam whose update atan2(m, sqrt(v)) needs no epsilon, with decoupled weight decay.
+"""AdamATan2 (docs/network.md#adamatan2): Adam whose update atan2(m, sqrt(v)) needs no epsilon, with decoupled weight decay.
 
 On CUDA the fused kernel of the optional `adam_atan2` package is used when it imports; everywhere else (CPU, MPS,
 or no package) a multi-tensor PyTorch implementation of the same rule. The state layout (`step`, `exp_avg`,

@@ -1,4 +1,4 @@
-"""Building blocks of the recursive reasoning models (SPEC §3): weights are kept in float32 and cast to the
+"""Building blocks of the recursive reasoning models (docs/network.md#block): weights are kept in float32 and cast to the
 forward dtype on use; norms and rotary embeddings are computed in float32."""
 import math
 from typing import Tuple

@@ -1,4 +1,4 @@
-"""Puzzle embeddings (SPEC §6): a table trained sparsely, one row per puzzle id, by sign-SGD.
+"""Puzzle embeddings (docs/network.md#puzzle-embeddings): a table trained sparsely, one row per puzzle id, by sign-SGD.
 
 The table is a buffer, not a parameter: in training the batch's rows are copied into `local_weights`, the only
 tensor that receives a gradient, and the optimiser writes the update back into `weights` for those ids."""

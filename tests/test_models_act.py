@@ -1,4 +1,4 @@
-"""ACT wrapper and recursion (SPEC §3, §4): gradient through the last H cycle only, detached carry, resets,
+"""ACT wrapper and recursion (docs/network.md#trm-recursion and #act-halting): gradient through the last H cycle only, detached carry, resets,
 halting in training and evaluation, exploration, the Q-continue target, and one-line config errors."""
 import pytest
 import torch

@@ -1,5 +1,5 @@
 """Every config/arch/*.yaml builds and trains a step on CPU; the paper's sizes give the paper's parameter counts;
-state-dict keys are the reference's (SPEC §2, §3a, §9)."""
+state-dict keys are the reference's (docs/network.md#model-interface, docs/checkpoints.md#key-names)."""
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,7 @@ ARCH_FILES = sorted(p.stem for p in ARCH_DIR.glob("*.yaml"))
 
 
 def build_head(arch_name: str, seq_len: int, vocab_size: int, batch_size: int = 2, **overrides):
-    """What pretrain.py does (SPEC §3a): the arch keys except name/loss plus the data's sizes, then the loss head."""
+    """What pretrain.py does (docs/network.md#model-interface): the arch keys except name/loss plus the data's sizes, then the loss head."""
     arch = OmegaConf.load(ARCH_DIR / f"{arch_name}.yaml")
     for key, value in overrides.items():
         arch[key] = value

@@ -1,4 +1,4 @@
-"""Hand-computed values for the layers of SPEC §3."""
+"""Hand-computed values for the layers of docs/network.md."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""AdamATan2, puzzle-embedding sign-SGD and EMA (SPEC §6), step by step against numpy."""
+"""AdamATan2, puzzle-embedding sign-SGD and EMA (docs/network.md#training), step by step against numpy."""
 import os
 import socket
 

@@ -1,4 +1,4 @@
-"""The paper's full-size recipes in config/experiment/ are exactly its command lines (SPEC §1), and each file says
+"""The paper's full-size recipes in config/experiment/ are exactly its command lines (docs/command_lines.md#reference-command-lines), and each file says
 what accuracy and hardware to expect."""
 import re
 from pathlib import Path

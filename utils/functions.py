@@ -1,4 +1,4 @@
-"""Resolve `module@Class` identifiers (SPEC §3a) to classes and their source files."""
+"""Resolve `module@Class` identifiers (docs/network.md#model-interface) to classes and their source files."""
 import importlib
 import inspect
 

@@ -1,4 +1,4 @@
-"""Adaptive computation time around an inner recursive model (SPEC §4), shared by every architecture.
+"""Adaptive computation time around an inner recursive model (docs/network.md#act-halting), shared by every architecture.
 
 An architecture supplies a pydantic config class and an inner module with `empty_carry(batch_size)`,
 `reset_carry(reset_flag, carry)` and `forward(carry, batch) -> (new_carry, logits, (q_halt, q_continue))`,
@@ -53,7 +53,7 @@ class ACTModel(nn.Module):
 
     @property
     def puzzle_emb(self):
-        """The sparse puzzle embedding (SPEC §3a); absent (AttributeError) when puzzle_emb_ndim is 0."""
+        """The sparse puzzle embedding (docs/network.md#model-interface); absent (AttributeError) when puzzle_emb_ndim is 0."""
         return self.inner.puzzle_emb
 
     def initial_carry(self, batch: Dict[str, torch.Tensor]) -> ACTCarry:

@@ -1,4 +1,4 @@
-"""Hierarchical Reasoning Model (SPEC §3 variants): a slow H module and a fast L module, each its own network.
+"""Hierarchical Reasoning Model (docs/network.md#hrm): a slow H module and a fast L module, each its own network.
 Per ACT step H_cycles x L_cycles L updates and H_cycles H updates; only the final L and H updates get gradient."""
 from dataclasses import dataclass
 

@@ -1,4 +1,4 @@
-"""Plain transformer baseline under ACT (SPEC §3 variants): z_H = blocks(z_H + x) with H_layers blocks, repeated
+"""Plain transformer baseline under ACT (docs/network.md#transformer-baseline): z_H = blocks(z_H + x) with H_layers blocks, repeated
 H_cycles times per ACT step (only the last with gradient)."""
 from dataclasses import dataclass
 

@@ -1,4 +1,4 @@
-"""Tiny Recursive Model (SPEC §3): one small network refines a latent z_L and an answer state z_H."""
+"""Tiny Recursive Model (docs/network.md#trm-recursion): one small network refines a latent z_L and an answer state z_H."""
 from dataclasses import dataclass
 
 import torch

@@ -1,4 +1,4 @@
-"""TRM ablation with six latents (SPEC §3 variants): the L updates cycle through z_L[0..5], each seeing the sum
+"""TRM ablation with six latents (docs/network.md#trm_hier6): the L updates cycle through z_L[0..5], each seeing the sum
 of all six plus z_H + x; z_H is then updated from the sum of the six."""
 from dataclasses import dataclass
 

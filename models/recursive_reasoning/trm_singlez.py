@@ -1,4 +1,4 @@
-"""TRM ablation with a single latent (SPEC §3 variants): z = net(z, x) L_cycles times, then z = net(z, 0);
+"""TRM ablation with a single latent (docs/network.md#trm_singlez): z = net(z, x) L_cycles times, then z = net(z, 0);
 the answer is read from z. As in the reference, z is carried as z_L and starts from the buffer L_init."""
 from dataclasses import dataclass
 
