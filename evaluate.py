@@ -19,8 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from evaluators.stats import add_wilson_intervals
 from evaluation.halting import AdaptiveHalting
-from models.loading import (InputError, LoadedCheckpoint, find_weights, guess_kind, load_checkpoint, load_run_config,
-                               run_hints, step_of, test_split_paths)
+from models.loading import InputError, LoadedCheckpoint, find_weights, load_checkpoint, load_run_config, step_of, test_split_paths
+from dataset.format import IGNORE_LABEL_ID, set_array_path
+from dataset.kinds import guess_kind, run_hints
 from dataset.validate import check_dataset
 from models.lm import ARCH_NAME as LM_ARCH_NAME
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
@@ -79,7 +80,7 @@ def count_test_batches(data_paths: List[str], sets: List[str], global_batch_size
     total = 0
     for path in data_paths:
         for set_name in sets:
-            rows = np.load(os.path.join(path, "test", f"{set_name}__inputs.npy"), mmap_mode="r").shape[0]
+            rows = np.load(set_array_path(os.path.join(path, "test"), set_name, "inputs"), mmap_mode="r").shape[0]
             total += math.ceil(rows / global_batch_size)
     return total
 
@@ -165,7 +166,7 @@ def first_test_rows(dataset: PuzzleDataset, n: int) -> Dict[str, torch.Tensor]:
     """The first n labelled rows of the test split (rank 0's slice)."""
     parts, have = [], 0
     for _, batch, _ in dataset:
-        keep = (batch["labels"] != -100).any(-1)
+        keep = (batch["labels"] != IGNORE_LABEL_ID).any(-1)
         parts.append({k: v[keep] for k, v in batch.items()})
         have += int(keep.sum())
         if have >= n:
@@ -192,7 +193,7 @@ def write_visuals(loaded: LoadedCheckpoint, dataset: PuzzleDataset, kind: Option
             index, steps = int(outputs["row_index"][j]), int(outputs["steps"][j])
             puzzle = chunk["inputs"][j].cpu().numpy()
             label = chunk["labels"][j].cpu().numpy()
-            label = np.where(label == -100, 0, label)  # ignored cells are pad, token 0
+            label = np.where(label == IGNORE_LABEL_ID, 0, label)  # ignored cells are pad, token 0
             step_preds = list(outputs["step_preds"][j, :steps].numpy())
             stem = output_dir / "reasoning" / f"puzzle_{index:03d}"
             written += [save_steps_png(stem.with_suffix(".png"), puzzle, step_preds, kind, label),

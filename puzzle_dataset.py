@@ -13,9 +13,8 @@ import pydantic
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from dataset.common import PuzzleDatasetMetadata, read_metadata
+from dataset.format import IGNORE_LABEL_ID, SET_FIELDS, PuzzleDatasetMetadata, read_metadata, set_array_path
 
-IGNORE_LABEL_ID = -100
 MATCHING_FIELDS = ("seq_len", "vocab_size", "pad_id", "ignore_label_id", "blank_identifier_id", "sets")
 
 
@@ -132,8 +131,8 @@ class PuzzleDataset(IterableDataset):
             for set_name in self._set_names:
                 split_dir = os.path.join(path, self.split)
                 self._data[set_name + (str(i) if i else "")] = {
-                    field: np.load(os.path.join(split_dir, f"{set_name}__{field}.npy"), mmap_mode="r" if field in ("inputs", "labels") else None)
-                    for field in ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")}
+                    field: np.load(set_array_path(split_dir, set_name, field), mmap_mode="r" if field in ("inputs", "labels") else None)
+                    for field in SET_FIELDS}
 
     def _collate(self, inputs: np.ndarray, labels: np.ndarray, puzzle_identifiers: np.ndarray) -> Dict[str, torch.Tensor]:
         batch = {"inputs": inputs.astype(np.int32), "labels": labels.astype(np.int32),

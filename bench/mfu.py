@@ -75,7 +75,7 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 0.3) 
 
 def write_synthetic_dataset(path: Path, case: Case, train_examples: int, test_examples: int, seed: int = 0) -> None:
     """Random tokens of the task's shape, one example per puzzle and group (the Sudoku/Maze layout)."""
-    from dataset.common import single_example_layout, single_set_metadata, write_identifiers, write_split
+    from dataset.format import single_example_layout, single_set_metadata, write_identifiers, write_split
     rng = np.random.default_rng(seed)
     for split, count in (("train", train_examples), ("test", test_examples)):
         layout = single_example_layout(count, 1)

@@ -11,119 +11,24 @@ dihedral transform, so a thousand augmentations are a couple of numpy fancy-inde
 examples are streamed straight into the .npy files (memory stays at one puzzle's worth).
 """
 import argparse
-import hashlib
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 if __package__ in (None, ""):  # run as `python dataset/build_arc_dataset.py`: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dataset.common import (AtomicOutputDir, DatasetError, PuzzleDatasetMetadata, add_output_args, check_output_dir,
-                            dihedral_transform, inverse_dihedral_transform)
+from dataset.arc_codec import (COLOUR_OFFSET, EOS_ID, GRID_SIZE, NAME_SEPARATOR, PAD_ID, SEQ_LEN, VOCAB_SIZE,
+                               ARCInputError, augment_names, to_grid)
+from dataset.dihedral import dihedral_transform
+from dataset.format import AtomicOutputDir, PuzzleDatasetMetadata, SplitWriter, add_output_args, check_output_dir
 from utils.errors import user_errors
 
-GRID_SIZE = 30
-PAD_ID, EOS_ID, COLOUR_OFFSET = 0, 1, 2
-VOCAB_SIZE = 10 + COLOUR_OFFSET
-SEQ_LEN = GRID_SIZE * GRID_SIZE
-NAME_SEPARATOR = "|||"
 AUGMENT_TRIES_FACTOR = 5  # candidates drawn per wanted augmentation before giving up (few-colour puzzles run out)
-NPY_HEADER_BYTES = 128    # fixed, so the row count can be written after streaming the rows
-
-
-class ARCInputError(DatasetError):
-    """Bad input data: the message is one line naming the file and puzzle."""
-
-
-# ---------------------------------------------------------------- pure grid helpers (shared with the evaluator)
-
-def to_grid(value, where: str) -> np.ndarray:
-    """Validate one ARC grid (list of equal-length rows of ints 0-9, at most 30x30) and return it as uint8."""
-    try:
-        arr = np.array(value)
-    except ValueError:
-        raise ARCInputError(f"{where}: grid rows have different lengths; each grid must be a rectangular list of rows") from None
-    if arr.ndim != 2 or arr.size == 0:
-        raise ARCInputError(f"{where}: not a non-empty 2-D grid (expected a list of equal-length rows of colours 0-9)")
-    if arr.dtype.kind not in "iu":
-        raise ARCInputError(f"{where}: grid cells must be integers 0-9, found dtype {arr.dtype}")
-    if arr.shape[0] > GRID_SIZE or arr.shape[1] > GRID_SIZE:
-        raise ARCInputError(f"{where}: grid is {arr.shape[0]}x{arr.shape[1]}, larger than {GRID_SIZE}x{GRID_SIZE}; ARC grids must fit 30x30")
-    bad = arr[(arr < 0) | (arr > 9)]
-    if bad.size:
-        raise ARCInputError(f"{where}: colour {int(bad[0])} outside 0-9")
-    return arr.astype(np.uint8)
-
-
-def encode_grid(grid: np.ndarray, row_offset: int = 0, col_offset: int = 0) -> np.ndarray:
-    """One grid -> flat 30x30 canvas with colours + 2 at the offset and end markers below and right of it."""
-    h, w = grid.shape
-    canvas = np.full((GRID_SIZE, GRID_SIZE), PAD_ID, dtype=np.uint8)
-    canvas[row_offset:row_offset + h, col_offset:col_offset + w] = grid + COLOUR_OFFSET
-    if row_offset + h < GRID_SIZE:
-        canvas[row_offset + h, col_offset:col_offset + w] = EOS_ID
-    if col_offset + w < GRID_SIZE:
-        canvas[row_offset:row_offset + h, col_offset + w] = EOS_ID
-    return canvas.reshape(-1)
-
-
-def crop_sizes(seqs: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Height and width of the largest top-left rectangle holding only colour tokens, for [B, 900] sequences."""
-    grids = np.asarray(seqs).reshape(-1, GRID_SIZE, GRID_SIZE)
-    is_colour = (grids >= COLOUR_OFFSET) & (grids < VOCAB_SIZE)
-    # Colour run from the left edge of each row, then the running minimum down the rows: the widest rectangle
-    # of height r+1 has width min(run[0..r]); pick the height with the largest area (first one on ties).
-    run = np.where(is_colour.all(-1), GRID_SIZE, np.argmin(is_colour, axis=-1))
-    width = np.minimum.accumulate(run, axis=-1)
-    area = width * np.arange(1, GRID_SIZE + 1)
-    best = np.argmax(area, axis=-1)
-    height = np.where(area.max(-1) > 0, best + 1, 0)
-    return height, width[np.arange(len(grids)), best] * (height > 0)
-
-
-def crop_grid(seq: np.ndarray) -> np.ndarray:
-    """Decode one predicted/encoded 900-token sequence back to a grid of colours 0-9 (top-left, no translation)."""
-    h, w = crop_sizes(seq[None])
-    return (np.asarray(seq).reshape(GRID_SIZE, GRID_SIZE)[:h[0], :w[0]] - COLOUR_OFFSET).astype(np.uint8)
-
-
-def grid_hash(grid: np.ndarray) -> str:
-    grid = np.ascontiguousarray(grid, dtype=np.uint8)
-    return hashlib.sha256(bytes(grid.shape) + grid.tobytes()).hexdigest()
-
-
-def augment_name(name: str, tid: int, colour_map: Sequence[int]) -> str:
-    return f"{name}{NAME_SEPARATOR}t{tid}{NAME_SEPARATOR}{''.join(str(int(c)) for c in colour_map)}"
-
-
-def augment_names(name: str, tids: np.ndarray, colour_maps: np.ndarray) -> List[str]:
-    """`augment_name` for many augmentations at once: all colour maps become digit strings in one decode
-    (a million names one digit at a time took seconds)."""
-    digits = (np.asarray(colour_maps, dtype=np.uint8) + ord("0")).tobytes().decode("ascii")
-    width = np.shape(colour_maps)[1]
-    return [f"{name}{NAME_SEPARATOR}t{tid}{NAME_SEPARATOR}{digits[i * width:(i + 1) * width]}"
-            for i, tid in enumerate(np.asarray(tids).tolist())]
-
-
-def parse_augment_name(name: str) -> Tuple[str, int, np.ndarray]:
-    """`name|||t<k>|||<map>` -> (original name, dihedral id, colour map); an unaugmented name maps to identity."""
-    if NAME_SEPARATOR not in name:
-        return name, 0, np.arange(10, dtype=np.uint8)
-    original, tid, colour_map = name.split(NAME_SEPARATOR)
-    return original, int(tid[1:]), np.array([int(c) for c in colour_map], dtype=np.uint8)
-
-
-def augment_grid(grid: np.ndarray, tid: int, colour_map: np.ndarray) -> np.ndarray:
-    return dihedral_transform(colour_map[grid], tid)
-
-
-def inverse_augment_grid(grid: np.ndarray, tid: int, colour_map: np.ndarray) -> np.ndarray:
-    return np.argsort(colour_map).astype(np.uint8)[inverse_dihedral_transform(grid, tid)]
 
 
 # ---------------------------------------------------------------- reading the Kaggle JSON files
@@ -348,69 +253,6 @@ def paste_blocks(canvas: np.ndarray, starts: np.ndarray, blocks, shape: Optional
     windows[starts] = blocks
 
 
-# ---------------------------------------------------------------- streaming .npy writer
-
-class NpyRowWriter:
-    """Append uint8 rows to an .npy file; the header (with the final row count) is written on close."""
-
-    def __init__(self, path: Path, row_len: int):
-        self.path, self.row_len, self.rows = path, row_len, 0
-        self.file = open(path, "wb")
-        self.file.write(b"\0" * NPY_HEADER_BYTES)
-
-    def append(self, rows: np.ndarray):
-        self.file.write(np.ascontiguousarray(rows, dtype=np.uint8).data)  # no copy when already contiguous
-        self.rows += len(rows)
-
-    def close(self):
-        header = repr({"descr": "|u1", "fortran_order": False, "shape": (self.rows, self.row_len)}).encode("latin1")
-        pad = NPY_HEADER_BYTES - 10 - len(header) - 1
-        assert pad >= 0, "npy header does not fit its reserved space"
-        self.file.seek(0)
-        self.file.write(b"\x93NUMPY\x01\x00" + (NPY_HEADER_BYTES - 10).to_bytes(2, "little") + header + b" " * pad + b"\n")
-        self.file.close()
-
-
-class SplitWriter:
-    """One split, one set ("all"): streams inputs/labels, keeps the small index arrays in memory."""
-
-    def __init__(self, split_dir: Path, set_name: str = "all"):
-        split_dir.mkdir(parents=True, exist_ok=True)
-        self.split_dir, self.set_name = split_dir, set_name
-        self.inputs = NpyRowWriter(split_dir / f"{set_name}__inputs.npy", SEQ_LEN)
-        self.labels = NpyRowWriter(split_dir / f"{set_name}__labels.npy", SEQ_LEN)
-        self.puzzle_identifiers: List[np.ndarray] = []
-        self.puzzle_sizes: List[np.ndarray] = []
-        self.group_sizes: List[int] = []
-
-    def add_group(self, inputs: np.ndarray, labels: np.ndarray, identifiers: np.ndarray, examples_per_puzzle: int):
-        self.inputs.append(inputs)
-        self.labels.append(labels)
-        self.puzzle_identifiers.append(identifiers)
-        self.puzzle_sizes.append(np.full(len(identifiers), examples_per_puzzle))
-        self.group_sizes.append(len(identifiers))
-
-    def close(self, num_identifiers: int):
-        self.inputs.close()
-        self.labels.close()
-        sizes = np.concatenate(self.puzzle_sizes) if self.puzzle_sizes else np.zeros(0, dtype=np.int64)
-        fields = {
-            "puzzle_identifiers": np.concatenate(self.puzzle_identifiers).astype(np.int32) if self.puzzle_identifiers else np.zeros(0, np.int32),
-            "puzzle_indices": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32),
-            "group_indices": np.concatenate([[0], np.cumsum(self.group_sizes)]).astype(np.int32),
-        }
-        for field, value in fields.items():
-            np.save(self.split_dir / f"{self.set_name}__{field}.npy", value)
-        total_puzzles = len(sizes)
-        metadata = PuzzleDatasetMetadata(
-            pad_id=PAD_ID, ignore_label_id=PAD_ID, blank_identifier_id=0, vocab_size=VOCAB_SIZE, seq_len=SEQ_LEN,
-            num_puzzle_identifiers=num_identifiers, total_groups=len(self.group_sizes),
-            mean_puzzle_examples=float(sizes.sum() / max(total_puzzles, 1)), total_puzzles=total_puzzles,
-            sets=[self.set_name])
-        (self.split_dir / "dataset.json").write_text(metadata.model_dump_json(indent=2))
-        return metadata, int(sizes.sum())
-
-
 # ---------------------------------------------------------------- the build
 
 def build(input_file_prefix: str, output_dir: str, subsets: List[str], test_set_name: str,
@@ -438,7 +280,7 @@ def build(input_file_prefix: str, output_dir: str, subsets: List[str], test_set_
     short = []  # (name, augmentations found) for puzzles with fewer distinct augmentations than asked
     total = sum(len(raw) for _, raw, _, _ in loaded)
     with AtomicOutputDir(output_dir, force) as tmp:
-        writers = {"train": SplitWriter(tmp / "train"), "test": SplitWriter(tmp / "test")}
+        writers = {split: SplitWriter(tmp / split, SEQ_LEN) for split in ("train", "test")}
         with tqdm(total=total, desc="ARC puzzles", unit="puzzle", disable=not progress) as bar:
             for subset, raw, train_pairs, test_pairs in loaded:
                 is_test_set = subset in test_sets
@@ -463,7 +305,7 @@ def build(input_file_prefix: str, output_dir: str, subsets: List[str], test_set_
         num_identifiers = puzzle_identifiers_start + len(identifiers)
         metadata = {}
         for split, writer in writers.items():
-            metadata[split], examples = writer.close(num_identifiers)
+            metadata[split], examples = writer.close(num_identifiers, PAD_ID, PAD_ID, VOCAB_SIZE)
             print(f"{split}: {metadata[split].total_groups} groups, {metadata[split].total_puzzles} puzzles, {examples} examples")
         names = ["<blank>"] * num_identifiers
         for n, i in identifiers.items():

@@ -24,7 +24,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataset.build_custom_dataset import Pair, build_dataset
-from dataset.common import MAX_GRID_SIDE, DatasetError, add_output_args, check_output_dir
+from dataset.format import MAX_GRID_SIDE, DatasetError, add_output_args, check_output_dir
 from utils.errors import user_errors
 
 CHARSET = " 0123456789"

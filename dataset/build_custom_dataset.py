@@ -36,8 +36,9 @@ if __package__ in (None, ""):
 import numpy as np
 from tqdm import tqdm
 
-from dataset.common import (MAX_GRID_SIDE, SPLITS, AtomicOutputDir, DatasetError, PuzzleDatasetMetadata, add_output_args,
-                            check_output_dir, dihedral_transform_batch, single_example_layout, write_identifiers)
+from dataset.dihedral import dihedral_transform_batch
+from dataset.format import (MAX_GRID_SIDE, SPLITS, AtomicOutputDir, DatasetError, PuzzleDatasetMetadata, add_output_args,
+                            check_output_dir, set_array_path, single_example_layout, write_identifiers, write_metadata)
 from utils.errors import user_errors
 
 
@@ -196,14 +197,14 @@ def build_dataset(splits: Dict[str, List[Pair]], output_dir, charset: Optional[s
             split_dir = tmp / split
             split_dir.mkdir()
             for field, a in arrays.items():
-                np.save(split_dir / f"all__{field}.npy", a.reshape(len(pairs) * len(tids), height * width))
+                np.save(set_array_path(split_dir, "all", field), a.reshape(len(pairs) * len(tids), height * width))
             for field, a in single_example_layout(len(pairs), len(tids)).items():
-                np.save(split_dir / f"all__{field}.npy", a)
+                np.save(set_array_path(split_dir, "all", field), a)
             metadata[split] = PuzzleDatasetMetadata(
                 pad_id=0, ignore_label_id=None if predict_padding else 0, blank_identifier_id=0, vocab_size=vocab_size,
                 seq_len=height * width, num_puzzle_identifiers=1, total_groups=len(pairs), mean_puzzle_examples=1.0,
                 total_puzzles=len(pairs) * len(tids), sets=["all"])
-            (split_dir / "dataset.json").write_text(metadata[split].model_dump_json(indent=2))
+            write_metadata(split_dir, metadata[split])
         write_identifiers(tmp)
         (tmp / "vocab.json").write_text(json.dumps({"symbols": symbols, "grid": [height, width]}))
     return metadata

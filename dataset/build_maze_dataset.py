@@ -25,9 +25,10 @@ import numpy as np
 from tqdm import tqdm
 
 from dataset.checkers import MAZE_CHARSET, is_valid_maze_path
-from dataset.common import (choose_csv_source, MAX_GRID_SIDE, SOURCE_CSV_COLUMNS, AtomicOutputDir, DatasetError, add_output_args,
-                            check_output_dir, dihedral_transform_batch, iter_source_csv, locate_split_csvs, parse_rating,
-                            single_example_layout, single_set_metadata, write_identifiers)
+from dataset.dihedral import dihedral_transform_batch
+from dataset.format import (MAX_GRID_SIDE, AtomicOutputDir, DatasetError, add_output_args, check_output_dir, set_array_path,
+                            single_example_layout, single_set_metadata, write_identifiers, write_metadata)
+from dataset.sources import SOURCE_CSV_COLUMNS, choose_csv_source, iter_source_csv, locate_split_csvs, parse_rating
 from dataset.generators import maze as generator
 from utils.errors import user_errors
 
@@ -95,10 +96,10 @@ def write_maze_split(split_dir: Path, inputs: np.ndarray, labels: np.ndarray, au
     split_dir.mkdir(parents=True, exist_ok=True)
     for field, grids in (("inputs", inputs), ("labels", labels)):
         stacked = np.stack([dihedral_transform_batch(grids, t) for t in tids], axis=1)
-        np.save(split_dir / f"all__{field}.npy", np.ascontiguousarray(stacked.reshape(groups * len(tids), size * size)))
+        np.save(set_array_path(split_dir, "all", field), np.ascontiguousarray(stacked.reshape(groups * len(tids), size * size)))
     for field, array in single_example_layout(groups, len(tids)).items():
-        np.save(split_dir / f"all__{field}.npy", array)
-    (split_dir / "dataset.json").write_text(single_set_metadata(size * size, len(MAZE_CHARSET) + 1, groups, len(tids)).model_dump_json(indent=2))
+        np.save(set_array_path(split_dir, "all", field), array)
+    write_metadata(split_dir, single_set_metadata(size * size, len(MAZE_CHARSET) + 1, groups, len(tids)))
 
 
 def describe(name: str, split: Dict[str, object]) -> str:

@@ -28,9 +28,9 @@ import numpy as np
 from tqdm import tqdm
 
 from dataset.checkers import valid_sudoku_solutions
-from dataset.common import (choose_csv_source, SOURCE_CSV_COLUMNS, AtomicOutputDir, DatasetError, add_output_args,
-                            check_output_dir, iter_source_csv, locate_split_csvs, parse_rating, reserved_memmap,
-                            single_example_layout, single_set_metadata, write_identifiers)
+from dataset.format import (AtomicOutputDir, DatasetError, add_output_args, check_output_dir, reserved_memmap,
+                            set_array_path, single_example_layout, single_set_metadata, write_identifiers, write_metadata)
+from dataset.sources import SOURCE_CSV_COLUMNS, choose_csv_source, iter_source_csv, locate_split_csvs, parse_rating
 from dataset.generators import sudoku as generator
 from utils.errors import user_errors
 
@@ -162,19 +162,6 @@ def augment_flat(boards: np.ndarray, aug: Dict[str, np.ndarray]) -> np.ndarray:
     return digit_maps[moved + (np.arange(count) * aug["digit_map"].shape[1])[:, None, None]]
 
 
-def apply_augmentations(boards: np.ndarray, aug: Dict[str, np.ndarray]) -> np.ndarray:
-    """boards [M, n, n] digits -> out[m, r, c] = digit_map[m][T(board)[rows[m, r], cols[m, c]]] (reference order)."""
-    return augment_flat(boards.reshape(len(boards), 1, -1), aug).reshape(boards.shape)
-
-
-def invert_augmentation(board: np.ndarray, aug: Dict[str, np.ndarray], index: int) -> np.ndarray:
-    """Undo augment `index` on one [n, n] board (used by tests and evaluators)."""
-    inverse_digits = np.argsort(aug["digit_map"][index])
-    restored = np.empty_like(board)
-    restored[np.ix_(aug["rows"][index], aug["cols"][index])] = inverse_digits[board]
-    return restored.T if aug["transpose"][index] else restored
-
-
 # ---------------------------------------------------------------- writing
 
 def write_sudoku_split(split_dir: Path, split: SudokuSplit, size: int, num_aug: int, rng: np.random.Generator, desc: str) -> None:
@@ -182,8 +169,8 @@ def write_sudoku_split(split_dir: Path, split: SudokuSplit, size: int, num_aug: 
     cells, per_group, groups = size * size, 1 + num_aug, len(split.puzzles)
     split_dir.mkdir(parents=True, exist_ok=True)
     shape = (groups * per_group, cells)
-    inputs = reserved_memmap(split_dir / "all__inputs.npy", shape)
-    labels = reserved_memmap(split_dir / "all__labels.npy", shape)
+    inputs = reserved_memmap(set_array_path(split_dir, "all", "inputs"), shape)
+    labels = reserved_memmap(set_array_path(split_dir, "all", "labels"), shape)
     chunk = max(1, (1 << 20) // (per_group * cells))  # ~1M cells per step keeps the index arrays small
     bar = tqdm(total=groups, desc=desc, unit="group")
     for start in range(0, groups, chunk):
@@ -203,8 +190,8 @@ def write_sudoku_split(split_dir: Path, split: SudokuSplit, size: int, num_aug: 
     labels.flush()
     del inputs, labels
     for field, values in single_example_layout(groups, per_group).items():
-        np.save(split_dir / f"all__{field}.npy", values)
-    (split_dir / "dataset.json").write_text(single_set_metadata(cells, size + 2, groups, per_group).model_dump_json(indent=2))
+        np.save(set_array_path(split_dir, "all", field), values)
+    write_metadata(split_dir, single_set_metadata(cells, size + 2, groups, per_group))
 
 
 def describe(name: str, split: SudokuSplit) -> str:

@@ -16,7 +16,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from dataset.common import (AtomicOutputDir, DatasetError, PuzzleDatasetMetadata, add_output_args, check_output_dir,
+from dataset.format import (AtomicOutputDir, DatasetError, PuzzleDatasetMetadata, add_output_args, check_output_dir,
                             single_example_layout, write_split)
 from utils.errors import user_errors
 

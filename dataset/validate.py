@@ -19,7 +19,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from dataset.common import SET_FIELDS, SPLITS, DatasetError, PuzzleDatasetMetadata, read_metadata
+from dataset.format import SET_FIELDS, SPLITS, DatasetError, PuzzleDatasetMetadata, read_metadata, set_array_path
 from utils.errors import user_errors
 
 CHUNK_ROWS = 1 << 16
@@ -51,9 +51,8 @@ def _check_values(where: str, array: np.ndarray, vocab_size: int, allowed_extra=
 
 
 def check_set(split_dir: Path, name: str, meta: PuzzleDatasetMetadata) -> Dict[str, int]:
-    arrays = {}
-    for field in SET_FIELDS:
-        path = split_dir / f"{name}__{field}.npy"
+    arrays, paths = {}, {field: set_array_path(split_dir, name, field) for field in SET_FIELDS}
+    for field, path in paths.items():
         if not path.is_file():
             raise DatasetError(f"{path}: missing (set '{name}' is listed in dataset.json)")
         try:
@@ -61,25 +60,24 @@ def check_set(split_dir: Path, name: str, meta: PuzzleDatasetMetadata) -> Dict[s
         except (ValueError, OSError) as e:
             raise DatasetError(f"{path}: not a readable .npy array ({e})") from None
     inputs, labels = arrays["inputs"], arrays["labels"]
-    where = f"{split_dir}/{name}__"
     if inputs.ndim != 2 or inputs.shape[1] != meta.seq_len:
-        raise DatasetError(f"{where}inputs.npy: shape {inputs.shape}, expected [examples, seq_len={meta.seq_len}]")
+        raise DatasetError(f"{paths['inputs']}: shape {inputs.shape}, expected [examples, seq_len={meta.seq_len}]")
     if labels.shape != inputs.shape:
-        raise DatasetError(f"{where}labels.npy: shape {labels.shape} differs from inputs {inputs.shape}")
+        raise DatasetError(f"{paths['labels']}: shape {labels.shape} differs from inputs {inputs.shape}")
     for field in ("inputs", "labels"):
         if arrays[field].dtype.kind not in "iu":
-            raise DatasetError(f"{where}{field}.npy: dtype {arrays[field].dtype} is not an integer type")
-    _check_indices(f"{where}puzzle_indices.npy", arrays["puzzle_indices"], len(inputs), "examples")
+            raise DatasetError(f"{paths[field]}: dtype {arrays[field].dtype} is not an integer type")
+    _check_indices(str(paths["puzzle_indices"]), arrays["puzzle_indices"], len(inputs), "examples")
     num_puzzles = len(arrays["puzzle_indices"]) - 1
     ids = arrays["puzzle_identifiers"]
     if ids.ndim != 1 or ids.dtype.kind not in "iu" or len(ids) != num_puzzles:
-        raise DatasetError(f"{where}puzzle_identifiers.npy: expected {num_puzzles} integer ids (one per puzzle), got {ids.dtype} {ids.shape}")
+        raise DatasetError(f"{paths['puzzle_identifiers']}: expected {num_puzzles} integer ids (one per puzzle), got {ids.dtype} {ids.shape}")
     if len(ids) and (ids.min() < 0 or ids.max() >= meta.num_puzzle_identifiers):
-        raise DatasetError(f"{where}puzzle_identifiers.npy: ids span [{ids.min()}, {ids.max()}] outside [0, num_puzzle_identifiers={meta.num_puzzle_identifiers})")
-    _check_indices(f"{where}group_indices.npy", arrays["group_indices"], num_puzzles, "puzzles")
-    _check_values(f"{where}inputs.npy", inputs, meta.vocab_size)
+        raise DatasetError(f"{paths['puzzle_identifiers']}: ids span [{ids.min()}, {ids.max()}] outside [0, num_puzzle_identifiers={meta.num_puzzle_identifiers})")
+    _check_indices(str(paths["group_indices"]), arrays["group_indices"], num_puzzles, "puzzles")
+    _check_values(str(paths["inputs"]), inputs, meta.vocab_size)
     ignore = meta.ignore_label_id if meta.ignore_label_id is not None and not 0 <= meta.ignore_label_id < meta.vocab_size else None
-    _check_values(f"{where}labels.npy", labels, meta.vocab_size, ignore)
+    _check_values(str(paths["labels"]), labels, meta.vocab_size, ignore)
     return {"examples": len(inputs), "puzzles": num_puzzles, "groups": len(arrays["group_indices"]) - 1}
 
 

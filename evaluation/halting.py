@@ -10,9 +10,9 @@ from typing import Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tu
 
 import torch
 
+from dataset.format import IGNORE_LABEL_ID
 from training.loop import to_device
 
-IGNORE_LABEL_ID = -100
 BATCH_FIELDS = ("inputs", "labels", "puzzle_identifiers")
 
 

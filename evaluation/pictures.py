@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from evaluation.halting import AdaptiveHalting
-from models.loading import guess_kind
+from dataset.format import IGNORE_LABEL_ID
+from dataset.kinds import guess_kind
 from visualize.images import steps_image
 
 
@@ -23,7 +24,7 @@ def reasoning_images(head: nn.Module, batch: Dict[str, torch.Tensor], kind: Opti
     mode: every row runs halt_max_steps, or halts early with `halt_threshold`). {} when `kind` is None."""
     if kind is None or n <= 0:
         return {}
-    labelled = (batch["labels"] != -100).any(-1).nonzero().flatten()[:n].cpu()
+    labelled = (batch["labels"] != IGNORE_LABEL_ID).any(-1).nonzero().flatten()[:n].cpu()
     if len(labelled) == 0:
         return {}
     rows = {k: v[labelled.to(v.device)] for k, v in batch.items()}
@@ -34,7 +35,7 @@ def reasoning_images(head: nn.Module, batch: Dict[str, torch.Tensor], kind: Opti
         for j, index in enumerate(outputs["row_index"].tolist()):
             steps = int(outputs["steps"][j])
             labels = chunk["labels"][j].cpu().numpy()
-            labels = np.where(labels == -100, 0, labels)  # ignored cells are pad (token 0) in every built dataset
+            labels = np.where(labels == IGNORE_LABEL_ID, 0, labels)  # ignored cells are pad (token 0) in every built dataset
             images[f"reasoning/{index}"] = steps_image(chunk["inputs"][j].cpu().numpy(),
                                                        list(outputs["step_preds"][j, :steps].numpy()), kind,
                                                        label=labels)

@@ -7,8 +7,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from dataset.build_arc_dataset import crop_sizes, grid_hash, inverse_augment_grid, parse_augment_name, to_grid
-from dataset.common import PuzzleDatasetMetadata
+from dataset.arc_codec import crop_sizes, grid_hash, inverse_augment_grid, parse_augment_name, to_grid
+from dataset.format import PuzzleDatasetMetadata
 from utils.distributed import gather_to_rank0
 
 

@@ -3,7 +3,7 @@ S -> G path marked, which also credits a different path of the same (shortest) l
 import numpy as np
 
 from dataset.checkers import MAZE_CHARSET, is_valid_maze_path
-from dataset.common import PuzzleDatasetMetadata
+from dataset.format import PuzzleDatasetMetadata
 from evaluators.row_checks import RowCheckEvaluator
 
 

@@ -5,10 +5,9 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
+from dataset.format import IGNORE_LABEL_ID
 from evaluators.stats import accuracy_with_interval
 from utils.distributed import gather_to_rank0
-
-IGNORE_LABEL_ID = -100  # what the loader turns the dataset's ignore_label_id into
 
 
 class RowCheckEvaluator:

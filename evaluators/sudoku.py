@@ -5,7 +5,7 @@ from typing import Optional
 import numpy as np
 
 from dataset.checkers import valid_sudoku_solutions
-from dataset.common import PuzzleDatasetMetadata
+from dataset.format import PuzzleDatasetMetadata
 from evaluators.row_checks import RowCheckEvaluator
 
 

@@ -10,9 +10,11 @@ from typing import Any, List, Optional, Sequence
 import numpy as np
 import torch
 
+from dataset.format import IGNORE_LABEL_ID
+from dataset.kinds import guess_kind, run_hints
 from inference.encoding import decode_answer, encode, read_vocabulary
 from evaluation.halting import AdaptiveHalting
-from models.loading import InputError, LoadedCheckpoint, guess_kind, load_checkpoint, run_hints, test_split_paths
+from models.loading import InputError, LoadedCheckpoint, load_checkpoint, test_split_paths
 from utils.device import pick_device
 
 
@@ -94,7 +96,7 @@ class Solver:
         if inputs.shape[1] != self.seq_len:
             raise InputError(f"puzzle has {inputs.shape[1]} tokens but this checkpoint takes seq_len {self.seq_len}")
         ids = torch.tensor([self.blank_identifier_id if i is None else int(i) for i in identifiers], dtype=torch.int32)
-        batch = {"inputs": inputs, "labels": torch.full_like(inputs, -100), "puzzle_identifiers": ids}
+        batch = {"inputs": inputs, "labels": torch.full_like(inputs, IGNORE_LABEL_ID), "puzzle_identifiers": ids}
         runner = AdaptiveHalting(halt_threshold if halt == "adaptive" else None, record_steps=return_steps)
         chunks = list(runner(self.head, [("all", batch, len(rows))], (), self.device))
         results: List[Optional[Solution]] = [None] * len(rows)

@@ -10,7 +10,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from models.loading import KINDS, QUICKSTART_DIR, InputError, test_split_paths
+from dataset.format import set_array_path
+from dataset.kinds import KINDS
+from models.loading import QUICKSTART_DIR, InputError, test_split_paths
 from utils.errors import user_errors
 
 OPTIONS = {"checkpoint": QUICKSTART_DIR, "index": "0", "halt": "adaptive", "halt_threshold": "0.5", "delay": "0.5",
@@ -30,10 +32,10 @@ def parse_args(argv: List[str]) -> Dict[str, str]:
 def held_out_puzzle(data_path: str, index: int):
     """Inputs and label tokens of test example `index`."""
     directory = os.path.join(data_path, "test")
-    inputs = np.load(os.path.join(directory, "all__inputs.npy"), mmap_mode="r")
+    inputs = np.load(set_array_path(directory, "all", "inputs"), mmap_mode="r")
     if not 0 <= index < len(inputs):
         raise InputError(f"index={index}: the test split of {data_path} has {len(inputs)} puzzles")
-    labels = np.load(os.path.join(directory, "all__labels.npy"), mmap_mode="r")
+    labels = np.load(set_array_path(directory, "all", "labels"), mmap_mode="r")
     return np.array(inputs[index]), np.array(labels[index])
 
 

@@ -8,9 +8,9 @@ from typing import Any, List, Optional, Sequence, Union
 
 import numpy as np
 
-from dataset.build_arc_dataset import GRID_SIZE, ARCInputError, encode_grid, to_grid
+from dataset.arc_codec import GRID_SIZE, ARCInputError, encode_grid, to_grid
 from dataset.checkers import MAZE_CHARSET
-from dataset.common import DatasetError
+from dataset.format import DatasetError
 from models.loading import InputError
 from visualize.decode import decode
 

@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from dataset.common import PuzzleDatasetMetadata, read_metadata
+from dataset.format import PuzzleDatasetMetadata, read_metadata
 from models.checkpoint_io import load_reference_checkpoint, strip_compiled_prefix
 from training.builders import create_loss_head
 from training.checkpoint import read_weights_file
@@ -21,7 +21,6 @@ from utils.errors import UserError
 
 STEP_FILE = re.compile(r"^step_(\d+)$")
 QUICKSTART_DIR = os.path.join("checkpoints", "Sudoku6-quick-ACT-torch")
-KINDS = ("sudoku", "maze", "arc")
 
 
 class InputError(UserError):
@@ -121,30 +120,6 @@ def check_dataset_fits(metadata: PuzzleDatasetMetadata, shape: CheckpointShape, 
     if shape.num_puzzle_identifiers is not None and metadata.num_puzzle_identifiers > shape.num_puzzle_identifiers:
         raise InputError(f"dataset {data_name} has {metadata.num_puzzle_identifiers} puzzle identifiers but the checkpoint's "
                          f"embedding has {shape.num_puzzle_identifiers}: evaluate on the dataset it was trained with")
-
-
-def guess_kind(metadata: PuzzleDatasetMetadata, hints: str = "") -> Optional[str]:
-    """sudoku / maze / arc from names in `hints` (dataset paths, builder, evaluators), else from the sizes."""
-    hints = hints.lower()
-    for kind in KINDS:
-        if kind in hints:
-            return kind
-    side = int(round(metadata.seq_len ** 0.5))
-    if metadata.seq_len == 900 and metadata.vocab_size == 12:
-        return "arc"
-    if side * side == metadata.seq_len and metadata.vocab_size == side + 2:
-        return "sudoku"
-    if side * side == metadata.seq_len and metadata.vocab_size == 6:
-        return "maze"
-    return None
-
-
-def run_hints(run_config: Optional[Dict[str, Any]], data_paths: List[str]) -> str:
-    parts = list(data_paths)
-    if run_config:
-        parts += [str((run_config.get("data_build") or {}).get("module", ""))]
-        parts += [str(e.get("name", "")) for e in run_config.get("evaluators") or []]
-    return " ".join(os.path.basename(os.path.normpath(p)) for p in parts)
 
 
 @dataclass

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_LABEL_ID = -100
+from dataset.format import IGNORE_LABEL_ID
 
 
 def stablemax_s(x: torch.Tensor, epsilon: float = 1e-30) -> torch.Tensor:

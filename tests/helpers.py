@@ -33,3 +33,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+def read_set(split_dir, set_name: str, mmap: bool = True) -> dict:
+    """The five arrays of one set of a split; inputs and labels memory-mapped (they are the large arrays)."""
+    import numpy as np
+    from dataset.format import SET_FIELDS, set_array_path
+    return {field: np.load(set_array_path(split_dir, set_name, field),
+                           mmap_mode="r" if (mmap and field in ("inputs", "labels")) else None)
+            for field in SET_FIELDS}
+
+
+def apply_sudoku_augmentations(boards, aug):
+    """boards [M, n, n] digits -> out[m, r, c] = digit_map[m][T(board)[rows[m, r], cols[m, c]]] (reference order)."""
+    from dataset.build_sudoku_dataset import augment_flat
+    return augment_flat(boards.reshape(len(boards), 1, -1), aug).reshape(boards.shape)
+
+
+def invert_sudoku_augmentation(board, aug, index: int):
+    """Undo Sudoku augment `index` (dataset.build_sudoku_dataset.random_augmentations) on one [n, n] board."""
+    import numpy as np
+    inverse_digits = np.argsort(aug["digit_map"][index])
+    restored = np.empty_like(board)
+    restored[np.ix_(aug["rows"][index], aug["cols"][index])] = inverse_digits[board]
+    return restored.T if aug["transpose"][index] else restored

@@ -6,9 +6,11 @@ import sys
 import numpy as np
 import pytest
 
-from dataset.build_arc_dataset import (augment_grid, augment_name, build, crop_grid, encode_grid, grid_hash,
-                                       inverse_augment_grid, main, parse_augment_name)
-from dataset.common import read_metadata, read_set
+from dataset.arc_codec import (augment_grid, augment_name, crop_grid, encode_grid, grid_hash, inverse_augment_grid,
+                               parse_augment_name)
+from dataset.build_arc_dataset import build, main
+from dataset.format import read_metadata, set_array_path
+from tests.helpers import read_set
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARC_DIR = os.path.join(os.path.dirname(REPO), "shared", "data", "arc-agi")  # the team's ../shared beside the checkout
@@ -147,8 +149,8 @@ def test_build_is_reproducible_and_dedups(tmp_path):
         build(str(tmp_path / "x"), str(tmp_path / out), ["ev"], "ev", num_aug=50, seed=3, progress=False)
     names = json.loads((tmp_path / "a" / "identifiers.json").read_text())
     assert len(names) == 1 + 1 + 8  # 8 other colours for 1; the transposes/rotations add nothing new
-    for f in ("train/all__inputs.npy", "test/all__labels.npy"):
-        assert np.array_equal(np.load(tmp_path / "a" / f), np.load(tmp_path / "b" / f))
+    for split, field in (("train", "inputs"), ("test", "labels")):
+        assert np.array_equal(*(np.load(set_array_path(tmp_path / out / split, "all", field)) for out in ("a", "b")))
 
 
 @pytest.mark.parametrize("case,expected", [

@@ -6,7 +6,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from dataset.build_arc_dataset import augment_grid, build, encode_grid, parse_augment_name
+from dataset.arc_codec import augment_grid, encode_grid, parse_augment_name
+from dataset.build_arc_dataset import build
 from evaluators.arc import ARC, vote
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
 

@@ -16,6 +16,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from dataset.format import set_array_path
 from training.checkpoint import (STATE_FORMAT, atomic_torch_save, capture_rng, find_state_file, load_weights_file,
                                  read_training_state, remove_stale_temporaries, restore_carry, restore_rng,
                                  resumed_config, save_weights, to_plain)
@@ -113,8 +114,9 @@ def test_freeze_weights_fine_tunes_only_a_new_puzzle_table(sudoku4, uninterrupte
     # The same puzzles, each with its own identifier: 1000 puzzles + blank instead of the blank alone.
     data = tmp_path / "sudoku4_ids"
     shutil.copytree(sudoku4, data)
-    ids = np.load(data / "train" / "all__puzzle_identifiers.npy")
-    np.save(data / "train" / "all__puzzle_identifiers.npy", np.arange(1, len(ids) + 1, dtype=ids.dtype))
+    ids_path = set_array_path(data / "train", "all", "puzzle_identifiers")
+    ids = np.load(ids_path)
+    np.save(ids_path, np.arange(1, len(ids) + 1, dtype=ids.dtype))
     (data / "identifiers.json").write_text(json.dumps(["<blank>"] + [f"p{i}" for i in range(1, len(ids) + 1)]))
     for split in ("train", "test"):
         meta = json.loads((data / split / "dataset.json").read_text())

@@ -11,7 +11,7 @@ import pytest
 
 from _tiny_checkpoint import TINY_ARCH, tiny_checkpoint
 from dataset import build_sudoku_dataset
-from dataset.common import DatasetError
+from dataset.format import DatasetError, set_array_path
 from tests.helpers import ENV, ROOT, build_sudoku4
 from training.run_dir import run_lock
 
@@ -80,10 +80,11 @@ def test_a_builder_never_wipes_or_displaces_what_it_did_not_build(data_dir):
 
 def test_force_replaces_only_the_previous_dataset(data_dir):
     notes = (data_dir / "notes.txt").read_bytes()
-    old_inputs = (data_dir / "a" / "train" / "all__inputs.npy").read_bytes()
+    inputs = set_array_path(data_dir / "a" / "train", "all", "inputs")
+    old_inputs = inputs.read_bytes()
     result = sudoku_builder("--output-dir", data_dir / "a", "--force", "--seed", "7")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (data_dir / "a" / "train" / "all__inputs.npy").read_bytes() != old_inputs
+    assert inputs.read_bytes() != old_inputs
     assert (data_dir / "notes.txt").read_bytes() == notes
     assert sorted(p.name for p in data_dir.iterdir()) == ["a", "notes.txt"]
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from dataset import build_sudoku_dataset as sudoku_builder
-from dataset.build_arc_dataset import (FlatPuzzle, augment_grid, augment_name, augment_names, content_key_layout,
-                                       encode_examples, encode_grid, paste_blocks, select_augmentations)
+from dataset.arc_codec import augment_grid, augment_name, augment_names, encode_grid
+from dataset.build_arc_dataset import FlatPuzzle, content_key_layout, encode_examples, paste_blocks, select_augmentations
 from dataset.generators import sudoku as gen
 
 

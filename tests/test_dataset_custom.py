@@ -8,9 +8,10 @@ import pytest
 
 from dataset import build_arithmetic_dataset as arithmetic
 from dataset import build_custom_dataset as custom
-from dataset import common
-from dataset.common import DatasetError
+from dataset.dihedral import inverse_dihedral_transform
+from dataset.format import SPLITS, DatasetError
 from dataset.validate import validate
+from tests.helpers import read_set
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,13 +37,13 @@ def test_json_grids_with_dihedral_round_trip(tmp_path):
     metas = validate(out)
     assert metas["train"].seq_len == 9 and metas["train"].vocab_size == 11  # 3x3 canvas (square for the transposes)
     assert metas["train"].total_groups == 2 and metas["train"].total_puzzles == 16 and metas["test"].total_puzzles == 1
-    train = common.read_set(out / "train", "all")
+    train = read_set(out / "train", "all")
     labels = np.asarray(train["labels"]).reshape(2, 8, 3, 3)
     original = np.array([[4, 3], [2, 1]]) + 1
     for t in range(8):
         moved = labels[0, t]
         content = moved[:2, :2]  # a 2x2 grid stays in the corner under every transform
-        assert (common.inverse_dihedral_transform(content, t) == original).all()
+        assert (inverse_dihedral_transform(content, t) == original).all()
         assert (moved[2] == 0).all() and (moved[:, 2] == 0).all()
     assert json.loads((out / "vocab.json").read_text())["symbols"][:3] == ["<pad>", "0", "1"]
 
@@ -53,7 +54,7 @@ def test_csv_strings_with_row_separator_and_predicted_padding(tmp_path):
     out = run(tmp_path, "--train", tmp_path / "train.csv", "--test", tmp_path / "test.csv", "--predict-padding")
     metas = validate(out)
     assert metas["train"].ignore_label_id is None and metas["train"].vocab_size == 4 and metas["train"].seq_len == 6
-    test = common.read_set(out / "test", "all")
+    test = read_set(out / "test", "all")
     assert test["inputs"][0].tolist() == [2, 0, 0, 1, 0, 0]  # 'b' / 'a' in a 2x3 canvas, tokens a=1 b=2 c=3
 
 
@@ -90,8 +91,8 @@ def test_arithmetic_labels_are_correct_sums(tmp_path):
     metas = validate(out)
     assert metas["train"].seq_len == 18 and metas["train"].vocab_size == 12
     seen = set()
-    for split in common.SPLITS:
-        data = common.read_set(out / split, "all")
+    for split in SPLITS:
+        data = read_set(out / split, "all")
         for x, y in zip(np.asarray(data["inputs"]), np.asarray(data["labels"])):
             a, b, blank = decode_rows(x, 6)
             a2, b2, total = decode_rows(y, 6)

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 
 from dataset import build_maze_dataset as builder
-from dataset import common
 from dataset.checkers import MAZE_CHARSET, is_valid_maze_path
-from dataset.common import DatasetError
+from dataset.dihedral import dihedral_transform, dihedral_transform_batch, inverse_dihedral_transform
+from dataset.format import SPLITS, DatasetError
 from dataset.generators import maze as gen
+from dataset.sources import SOURCE_CSV_COLUMNS
 from dataset.validate import validate
+from tests.helpers import read_set
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -77,10 +79,10 @@ def test_generated_mazes_have_a_unique_long_shortest_path(size, count):
 def test_dihedral_batch_matches_single_grid_transform_and_inverts():
     grids = np.arange(2 * 3 * 3).reshape(2, 3, 3)
     for t in range(8):
-        moved = common.dihedral_transform_batch(grids, t)
+        moved = dihedral_transform_batch(grids, t)
         for k in range(2):
-            assert (moved[k] == common.dihedral_transform(grids[k], t)).all()
-            assert (common.inverse_dihedral_transform(moved[k], t) == grids[k]).all()
+            assert (moved[k] == dihedral_transform(grids[k], t)).all()
+            assert (inverse_dihedral_transform(moved[k], t) == grids[k]).all()
 
 
 def build(tmp_path, *args):
@@ -90,7 +92,7 @@ def build(tmp_path, *args):
 
 
 def all_labels_valid(split_dir):
-    data = common.read_set(split_dir, "all")
+    data = read_set(split_dir, "all")
     return all(is_valid_maze_path(q, a) for q, a in zip(np.asarray(data["inputs"]), np.asarray(data["labels"])))
 
 
@@ -100,17 +102,17 @@ def test_generated_build_with_aug_round_trip(tmp_path):
     assert metas["train"].vocab_size == 6 and metas["train"].seq_len == 144
     assert metas["train"].total_groups == 6 and metas["train"].total_puzzles == 48 and metas["test"].total_puzzles == 3
     assert all_labels_valid(out / "train") and all_labels_valid(out / "test")
-    inputs = np.asarray(common.read_set(out / "train", "all")["inputs"]).reshape(6, 8, 12, 12)
+    inputs = np.asarray(read_set(out / "train", "all")["inputs"]).reshape(6, 8, 12, 12)
     for t in range(8):
-        assert (common.inverse_dihedral_transform(inputs[0, t], t) == inputs[0, 0]).all()
+        assert (inverse_dihedral_transform(inputs[0, t], t) == inputs[0, 0]).all()
 
 
 def write_source(src, mazes):
     src.mkdir(exist_ok=True)
-    for split in common.SPLITS:
+    for split in SPLITS:
         with open(src / f"{split}.csv", "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(common.SOURCE_CSV_COLUMNS)
+            w.writerow(SOURCE_CSV_COLUMNS)
             for q, a in mazes:
                 w.writerow(["gen", q, a, 0])
 
@@ -121,7 +123,7 @@ def test_csv_source_round_trip_and_subsample(tmp_path):
     out = build(tmp_path, "--source-dir", tmp_path / "src", "--subsample-size", 3)
     metas = validate(out)
     assert metas["train"].total_groups == 3 and metas["test"].total_groups == 8
-    test_inputs = np.asarray(common.read_set(out / "test", "all")["inputs"])
+    test_inputs = np.asarray(read_set(out / "test", "all")["inputs"])
     assert "".join(MAZE_CHARSET[t - 1] for t in test_inputs[0]) == mazes[0][0]
 
 

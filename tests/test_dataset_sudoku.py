@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 
 from dataset import build_sudoku_dataset as builder
-from dataset import common
+from dataset import sources
 from dataset.checkers import is_valid_sudoku_solution, valid_sudoku_solutions
-from dataset.common import DatasetError
+from dataset.format import SPLITS, DatasetError, set_array_path
 from dataset.generators import sudoku as gen
+from dataset.sources import SOURCE_CSV_COLUMNS
 from dataset.validate import validate
+from tests.helpers import apply_sudoku_augmentations, invert_sudoku_augmentation, read_set
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -83,13 +85,13 @@ def test_augmentations_keep_solutions_valid_and_invert(size):
     p = gen.generate_indexed((size, 1, 0, 0, 0))
     q, a = board(p.puzzle, size), board(p.solution, size)
     aug = builder.random_augmentations(np.random.default_rng(1), 64, size)
-    q_aug = builder.apply_augmentations(np.repeat(q[None], 64, 0), aug)
-    a_aug = builder.apply_augmentations(np.repeat(a[None], 64, 0), aug)
+    q_aug = apply_sudoku_augmentations(np.repeat(q[None], 64, 0), aug)
+    a_aug = apply_sudoku_augmentations(np.repeat(a[None], 64, 0), aug)
     assert valid_sudoku_solutions(q_aug, a_aug).all()
     assert ((q_aug > 0).sum(axis=(1, 2)) == (q > 0).sum()).all()
     for k in range(64):
-        assert (builder.invert_augmentation(a_aug[k], aug, k) == a).all()
-        assert (builder.invert_augmentation(q_aug[k], aug, k) == q).all()
+        assert (invert_sudoku_augmentation(a_aug[k], aug, k) == a).all()
+        assert (invert_sudoku_augmentation(q_aug[k], aug, k) == q).all()
     assert aug["transpose"].any() == (size != 6)  # 2x3 boxes are never transposed
 
 
@@ -101,7 +103,7 @@ def test_augmentation_matches_the_reference_cell_mapping():
     rows, cols = aug["rows"][0], aug["cols"][0]
     mapping = np.array([rows[i // 9] * 9 + cols[i % 9] for i in range(81)])
     expected = aug["digit_map"][0][x.flatten()[mapping]].reshape(9, 9)
-    assert (builder.apply_augmentations(grid[None], aug)[0] == expected).all()
+    assert (apply_sudoku_augmentations(grid[None], aug)[0] == expected).all()
 
 
 def build(tmp_path, *args):
@@ -111,7 +113,7 @@ def build(tmp_path, *args):
 
 
 def labels_are_solutions(split_dir):
-    data = common.read_set(split_dir, "all")
+    data = read_set(split_dir, "all")
     return valid_sudoku_solutions(np.asarray(data["inputs"]), np.asarray(data["labels"]), tokens=True).all()
 
 
@@ -121,7 +123,7 @@ def test_generated_build_round_trip(tmp_path):
     assert metas["train"].vocab_size == 11 and metas["train"].seq_len == 81
     assert metas["train"].total_groups == 12 and metas["train"].total_puzzles == 48
     assert metas["test"].total_puzzles == 5
-    train = common.read_set(out / "train", "all")
+    train = read_set(out / "train", "all")
     assert train["inputs"].dtype == np.uint8 and (train["group_indices"] == np.arange(0, 49, 4)).all()
     assert labels_are_solutions(out / "train") and labels_are_solutions(out / "test")
     inputs = np.asarray(train["inputs"]).reshape(12, 4, 81)
@@ -131,11 +133,11 @@ def test_generated_build_round_trip(tmp_path):
 def test_csv_source_with_difficulty_filter_and_subsample(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    rows = {split: [gen.generate_indexed((4, 0, s, i, 0)) for i in range(30)] for s, split in enumerate(common.SPLITS)}
+    rows = {split: [gen.generate_indexed((4, 0, s, i, 0)) for i in range(30)] for s, split in enumerate(SPLITS)}
     for split, items in rows.items():
         with open(src / f"{split}.csv", "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(common.SOURCE_CSV_COLUMNS)
+            w.writerow(SOURCE_CSV_COLUMNS)
             for i, p in enumerate(items):
                 w.writerow(["gen", "".join(str(v) if v else "." for v in p.puzzle), "".join(map(str, p.solution)), i % 3])
     out = build(tmp_path, "--source-dir", src, "--min-difficulty", 1, "--subsample-size", 5, "--num-aug", 2)
@@ -174,21 +176,22 @@ def test_missing_split_and_unreachable_repo(tmp_path, monkeypatch):
     write_csv(src / "train.csv", [GOOD_ROW])
     with pytest.raises(DatasetError, match="missing split: .*test.csv"):
         build(tmp_path, "--source-dir", src)
-    monkeypatch.setattr(common, "HF_DATASET_URL", "http://127.0.0.1:9/{repo}/{filename}")
+    monkeypatch.setattr(sources, "HF_DATASET_URL", "http://127.0.0.1:9/{repo}/{filename}")
     with pytest.raises(DatasetError, match="cannot download .*--source-dir"):
         build(tmp_path, "--source-repo", "someone/sudoku")
 
 
 def test_failed_build_leaves_existing_output_untouched(tmp_path):
     out = build(tmp_path, "--generate", 3, "--generate-test", 2, "--size", 4)
-    before = (out / "train" / "all__inputs.npy").read_bytes()
+    inputs = set_array_path(out / "train", "all", "inputs")
+    before = inputs.read_bytes()
     src = tmp_path / "src"
     src.mkdir()
     write_csv(src / "train.csv", [GOOD_ROW])
     write_csv(src / "test.csv", ["x,bad,row,0"])
     with pytest.raises(DatasetError):
         build(tmp_path, "--source-dir", src)
-    assert (out / "train" / "all__inputs.npy").read_bytes() == before
+    assert inputs.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dataset import build_maze_dataset
-from dataset.common import DatasetError
+from dataset.format import DatasetError
 from dataset.validate import validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

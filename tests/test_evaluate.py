@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
+from dataset.format import set_array_path
 from _tiny_checkpoint import TINY_ARCH, run_evaluate, tiny_checkpoint
 
 
@@ -66,7 +67,7 @@ def test_dataset_of_another_shape_is_refused_in_one_line(tiny, tmp_path):
     assert "vocab_size 7" in line and "trained with 6" in line
     meta_path.write_text(json.dumps({**meta, "seq_len": 25}))
     for field in ("inputs", "labels"):  # a consistent dataset of 25 cells (a mismatched one fails the data check)
-        path = other / "test" / f"all__{field}.npy"
+        path = set_array_path(other / "test", "all", field)
         np.save(path, np.pad(np.load(path), ((0, 0), (0, 25 - meta["seq_len"]))))
     line = one_line_error(run_evaluate([f"checkpoint={tiny['run']}", f"data_paths=[{other}]"], cwd=tmp_path))
     assert "seq_len 25" in line and "trained with 16" in line

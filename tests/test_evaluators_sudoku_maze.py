@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from dataset.checkers import MAZE_CHARSET
-from dataset.common import single_set_metadata
+from dataset.format import single_set_metadata
 from evaluators.maze import Maze
 from evaluators.stats import add_wilson_intervals, wilson_interval
 from evaluators.sudoku import Sudoku

@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from dataset import build_text_dataset
-from dataset.common import DatasetError, read_metadata, read_set
+from dataset.format import DatasetError, read_metadata
 from models.layers import swiglu_hidden_width
 from models.lm.core import RecursiveDecoder, padded_causal_mask, parameter_breakdown
 from models.lm.decode import greedy_decode
 from models.recursive_reasoning.trm_lm import LMLossHead, TRMLanguageModel
 from training.loop import eval_summary_line, final_summary_line, token_perplexity
+from tests.helpers import read_set
 from tests._tiny_lm import HIDDEN, SEQ_LEN, VOCAB, build_text, last_step, load_decoder, metrics, pretrain
 
 transformers = pytest.importorskip("transformers")

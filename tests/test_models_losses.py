@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from models.losses import IGNORE_LABEL_ID, ACTLossHead, softmax_cross_entropy, stablemax_cross_entropy
+from dataset.format import IGNORE_LABEL_ID
+from models.losses import ACTLossHead, softmax_cross_entropy, stablemax_cross_entropy
 from models.recursive_reasoning.act import ACTCarry
 
 

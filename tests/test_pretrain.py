@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from dataset.common import PuzzleDatasetMetadata
+from dataset.format import PuzzleDatasetMetadata
 from training.builders import create_loss_head
 from training.config import validate_config
 from tests.helpers import ENV, ROOT, build_sudoku4

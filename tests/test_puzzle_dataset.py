@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from dataset.common import PuzzleDatasetMetadata, write_split
+from dataset.format import PuzzleDatasetMetadata, write_split
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig, train_batch_indices
 
 SEQ_LEN = 4

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from dataset import build_arithmetic_dataset
-from dataset.common import read_metadata
+from dataset.format import read_metadata, set_array_path
 from inference.encoding import decode_custom, encode_custom, encode_maze, encode_sudoku, read_vocabulary
 from models.loading import InputError
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
@@ -98,7 +98,7 @@ def test_custom_datasets_encode_and_decode_by_their_vocabulary(tmp_path):
     out = tmp_path / "add"
     build_arithmetic_dataset.main(["--digits", "2", "--num-train", "10", "--num-test", "3", "--output-dir", str(out)])
     vocab = read_vocabulary(str(out))
-    inputs, labels = (np.load(out / "test" / f"all__{f}.npy") for f in ("inputs", "labels"))
+    inputs, labels = (np.load(set_array_path(out / "test", "all", f)) for f in ("inputs", "labels"))
     rows = decode_custom(inputs[0], vocab)
     assert len(rows) == 3 and len(rows[0]) == 3  # the 3 x (digits + 1) grid, its blank answer row included
     assert (encode_custom(rows, vocab, inputs.shape[1]) == inputs[0]).all()

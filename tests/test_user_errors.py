@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from _tiny_checkpoint import TINY_ARCH, tiny_checkpoint
+from dataset.format import set_array_path
 from tests.helpers import ENV, ROOT, build_sudoku4
 from utils.errors import exit_with, user_errors
 
@@ -34,7 +35,7 @@ class Evil:
 def damaged_copy(source: Path, target: Path, split: str, field: str, change) -> Path:
     """A copy of the dataset whose `<split>/all__<field>.npy` is replaced by change(array) (bytes for truncation)."""
     shutil.copytree(source, target)
-    path = target / split / f"all__{field}.npy"
+    path = set_array_path(target / split, "all", field)
     result = change(np.load(path))
     if isinstance(result, bytes):
         path.write_bytes(result)
@@ -61,7 +62,7 @@ def files(tmp_path_factory, tiny):
     base = tmp_path_factory.mktemp("bad_inputs")
     good = build_sudoku4(base / "good", n_train=20, n_test=5, num_aug=1)
     meta = json.loads((good / "train" / "dataset.json").read_text())
-    inputs_bytes = (good / "train" / "all__inputs.npy").read_bytes()
+    inputs_bytes = set_array_path(good / "train", "all", "inputs").read_bytes()
     weights = sorted(tiny["run"].glob("step_*"))[-1].read_bytes()
     f = {"good": good, "base": base, "marker": base / "pwned"}
     f["truncated_npy"] = damaged_copy(good, base / "truncated_npy", "train", "inputs", lambda a: inputs_bytes[:len(inputs_bytes) // 2])

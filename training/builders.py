@@ -9,7 +9,8 @@ from typing import Any, List, Optional
 from omegaconf import OmegaConf
 from torch import nn
 
-from dataset.common import PuzzleDatasetMetadata
+from dataset.format import PuzzleDatasetMetadata
+from dataset.kinds import guess_kind
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
 from training.config import ConfigError, EvaluatorConfig, PretrainConfig
 from utils.distributed import DistInfo
@@ -113,7 +114,6 @@ def fit_evaluators(configured: List[EvaluatorConfig], metadata: PuzzleDatasetMet
                    chosen: bool) -> List[EvaluatorConfig]:
     """The default ARC evaluator on data that is not ARC (no test_puzzles.json) would stop the run: unless the user
     chose it (`chosen`), use the evaluator the data's sizes call for (Sudoku, Maze) or none, and say so."""
-    from models.loading import guess_kind  # inference builds on this module
     if chosen or [e.name for e in configured] != [ARC_EVALUATOR] or \
             all(os.path.isfile(os.path.join(p, "test_puzzles.json")) for p in data_paths):
         return configured

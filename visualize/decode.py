@@ -2,10 +2,9 @@
 maze "# SGo" -> 1..5, ARC 30x30 with pad 0, end marker 1 and colours 2..11."""
 import numpy as np
 
-from dataset.build_arc_dataset import COLOUR_OFFSET, GRID_SIZE, crop_sizes
+from dataset.arc_codec import COLOUR_OFFSET, GRID_SIZE, crop_sizes
 from dataset.checkers import MAZE_CHARSET
-
-KINDS = ("sudoku", "maze", "arc")
+from dataset.kinds import KINDS
 
 
 def _square_side(tokens: np.ndarray, kind: str) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from dataset.common import output_dir_problem, read_metadata
+from dataset.format import output_dir_problem, read_metadata
 from dataset.build_text_dataset import TOKENIZER_FILES
 from models.loading import find_weights
 from models.checkpoint_io import strip_compiled_prefix

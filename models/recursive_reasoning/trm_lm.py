@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dataset.format import IGNORE_LABEL_ID
 from models.lm.core import RecursiveDecoder, parameter_breakdown
-from models.losses import IGNORE_LABEL_ID
 from models.recursive_reasoning.act import ACTCarry, parse_config
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}

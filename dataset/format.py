@@ -1,14 +1,11 @@
-"""The on-disk puzzle dataset format (SPEC §7): metadata, dihedral transforms, writer and reader."""
-import csv
+"""The on-disk puzzle dataset format (SPEC §7): metadata, the split's array files, their writers (whole arrays or
+streamed rows) and the output-directory guard every builder writes through."""
 import json
 import os
 import shutil
-import sys
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pydantic
@@ -18,7 +15,10 @@ from utils.errors import UserError
 SET_FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
 SPLITS = ("train", "test")
 MAX_GRID_SIDE = 30
-HF_DATASET_URL = "https://huggingface.co/datasets/{repo}/resolve/main/{filename}"
+# The loader gives this label to the cells the dataset marks ignored (its ignore_label_id) and to padding rows;
+# the losses and metrics skip it.
+IGNORE_LABEL_ID = -100
+NPY_HEADER_BYTES = 128  # fixed, so the row count can be written after streaming the rows
 
 
 class DatasetError(UserError):
@@ -38,44 +38,13 @@ class PuzzleDatasetMetadata(pydantic.BaseModel):
     sets: List[str]
 
 
-# The 8 symmetries of the square in the reference's order (augment names store the id as `t<k>`):
-# identity, rot90, rot180, rot270, flip left-right, flip up-down, transpose, anti-transpose.
-def dihedral_transform(grid: np.ndarray, tid: int) -> np.ndarray:
-    if tid == 0:
-        return grid
-    if tid in (1, 2, 3):
-        return np.rot90(grid, k=tid)
-    if tid == 4:
-        return np.fliplr(grid)
-    if tid == 5:
-        return np.flipud(grid)
-    if tid == 6:
-        return grid.T
-    if tid == 7:
-        return np.fliplr(np.rot90(grid, k=1))
-    raise ValueError(f"dihedral transform id {tid} is out of range; use 0..7")
+def set_array_path(split_dir, set_name: str, field: str) -> Path:
+    """Where one field of one set lives in a split: `<split>/<set>__<field>.npy`."""
+    return Path(split_dir) / f"{set_name}__{field}.npy"
 
 
-DIHEDRAL_INVERSE = [0, 3, 2, 1, 4, 5, 6, 7]
-
-
-def dihedral_transform_batch(grids: np.ndarray, tid: int) -> np.ndarray:
-    """`dihedral_transform` applied to the last two axes of a stack of grids."""
-    if tid in (1, 2, 3):
-        return np.rot90(grids, k=tid, axes=(-2, -1))
-    if tid == 4:
-        return np.flip(grids, axis=-1)
-    if tid == 5:
-        return np.flip(grids, axis=-2)
-    if tid == 6:
-        return np.swapaxes(grids, -2, -1)
-    if tid == 7:
-        return np.flip(np.rot90(grids, k=1, axes=(-2, -1)), axis=-1)
-    return dihedral_transform(grids, tid)  # identity, or the out-of-range error
-
-
-def inverse_dihedral_transform(grid: np.ndarray, tid: int) -> np.ndarray:
-    return dihedral_transform(grid, DIHEDRAL_INVERSE[tid])
+def write_metadata(split_dir, metadata: PuzzleDatasetMetadata) -> None:
+    (Path(split_dir) / "dataset.json").write_text(metadata.model_dump_json(indent=2))
 
 
 def write_split(split_dir: Path, metadata: PuzzleDatasetMetadata, sets: Dict[str, Dict[str, np.ndarray]]) -> None:
@@ -83,8 +52,8 @@ def write_split(split_dir: Path, metadata: PuzzleDatasetMetadata, sets: Dict[str
     split_dir.mkdir(parents=True, exist_ok=True)
     for set_name, fields in sets.items():
         for field in SET_FIELDS:
-            np.save(split_dir / f"{set_name}__{field}.npy", fields[field])
-    (split_dir / "dataset.json").write_text(metadata.model_dump_json(indent=2))
+            np.save(set_array_path(split_dir, set_name, field), fields[field])
+    write_metadata(split_dir, metadata)
 
 
 def read_metadata(split_dir) -> PuzzleDatasetMetadata:
@@ -110,13 +79,91 @@ def reserved_memmap(path: Path, shape, dtype=np.uint8) -> np.memmap:
     return array
 
 
-def read_set(split_dir, set_name: str, mmap: bool = True) -> Dict[str, np.ndarray]:
-    """Load one set; inputs and labels memory-mapped (they are the large arrays)."""
-    split_dir = Path(split_dir)
-    return {field: np.load(split_dir / f"{set_name}__{field}.npy",
-                           mmap_mode="r" if (mmap and field in ("inputs", "labels")) else None)
-            for field in SET_FIELDS}
+def single_example_layout(num_groups: int, puzzles_per_group: int) -> Dict[str, np.ndarray]:
+    """Indices of the Sudoku/Maze layout: one group per original puzzle, each augment its own
+    puzzle with one example, all under the blank identifier 0."""
+    num_puzzles = num_groups * puzzles_per_group
+    return {"puzzle_identifiers": np.zeros(num_puzzles, dtype=np.int32),
+            "puzzle_indices": np.arange(num_puzzles + 1, dtype=np.int32),
+            "group_indices": np.arange(0, num_puzzles + 1, puzzles_per_group, dtype=np.int32)}
 
+
+def single_set_metadata(seq_len: int, vocab_size: int, num_groups: int, puzzles_per_group: int) -> PuzzleDatasetMetadata:
+    return PuzzleDatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=vocab_size,
+                                 seq_len=seq_len, num_puzzle_identifiers=1, total_groups=num_groups,
+                                 mean_puzzle_examples=1.0, total_puzzles=num_groups * puzzles_per_group, sets=["all"])
+
+
+def write_identifiers(output_dir: Path, names: Sequence[str] = ("<blank>",)) -> None:
+    (Path(output_dir) / "identifiers.json").write_text(json.dumps(list(names)))
+
+
+# ---------------------------------------------------------------- streamed writers (for splits larger than memory)
+
+class NpyRowWriter:
+    """Append uint8 rows to an .npy file; the header (with the final row count) is written on close."""
+
+    def __init__(self, path: Path, row_len: int):
+        self.path, self.row_len, self.rows = path, row_len, 0
+        self.file = open(path, "wb")
+        self.file.write(b"\0" * NPY_HEADER_BYTES)
+
+    def append(self, rows: np.ndarray):
+        self.file.write(np.ascontiguousarray(rows, dtype=np.uint8).data)  # no copy when already contiguous
+        self.rows += len(rows)
+
+    def close(self):
+        header = repr({"descr": "|u1", "fortran_order": False, "shape": (self.rows, self.row_len)}).encode("latin1")
+        pad = NPY_HEADER_BYTES - 10 - len(header) - 1
+        assert pad >= 0, "npy header does not fit its reserved space"
+        self.file.seek(0)
+        self.file.write(b"\x93NUMPY\x01\x00" + (NPY_HEADER_BYTES - 10).to_bytes(2, "little") + header + b" " * pad + b"\n")
+        self.file.close()
+
+
+class SplitWriter:
+    """One split holding one set: streams inputs/labels, keeps the small index arrays in memory."""
+
+    def __init__(self, split_dir: Path, seq_len: int, set_name: str = "all"):
+        split_dir.mkdir(parents=True, exist_ok=True)
+        self.split_dir, self.set_name, self.seq_len = split_dir, set_name, seq_len
+        self.inputs = NpyRowWriter(set_array_path(split_dir, set_name, "inputs"), seq_len)
+        self.labels = NpyRowWriter(set_array_path(split_dir, set_name, "labels"), seq_len)
+        self.puzzle_identifiers: List[np.ndarray] = []
+        self.puzzle_sizes: List[np.ndarray] = []
+        self.group_sizes: List[int] = []
+
+    def add_group(self, inputs: np.ndarray, labels: np.ndarray, identifiers: np.ndarray, examples_per_puzzle: int):
+        self.inputs.append(inputs)
+        self.labels.append(labels)
+        self.puzzle_identifiers.append(identifiers)
+        self.puzzle_sizes.append(np.full(len(identifiers), examples_per_puzzle))
+        self.group_sizes.append(len(identifiers))
+
+    def close(self, num_identifiers: int, pad_id: int, ignore_label_id: Optional[int],
+              vocab_size: int) -> Tuple[PuzzleDatasetMetadata, int]:
+        """Write the index arrays and dataset.json; returns the metadata and the number of examples."""
+        self.inputs.close()
+        self.labels.close()
+        sizes = np.concatenate(self.puzzle_sizes) if self.puzzle_sizes else np.zeros(0, dtype=np.int64)
+        fields = {
+            "puzzle_identifiers": np.concatenate(self.puzzle_identifiers).astype(np.int32) if self.puzzle_identifiers else np.zeros(0, np.int32),
+            "puzzle_indices": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32),
+            "group_indices": np.concatenate([[0], np.cumsum(self.group_sizes)]).astype(np.int32),
+        }
+        for field, value in fields.items():
+            np.save(set_array_path(self.split_dir, self.set_name, field), value)
+        total_puzzles = len(sizes)
+        metadata = PuzzleDatasetMetadata(
+            pad_id=pad_id, ignore_label_id=ignore_label_id, blank_identifier_id=0, vocab_size=vocab_size,
+            seq_len=self.seq_len, num_puzzle_identifiers=num_identifiers, total_groups=len(self.group_sizes),
+            mean_puzzle_examples=float(sizes.sum() / max(total_puzzles, 1)), total_puzzles=total_puzzles,
+            sets=[self.set_name])
+        write_metadata(self.split_dir, metadata)
+        return metadata, int(sizes.sum())
+
+
+# ---------------------------------------------------------------- the output directory
 
 def is_dataset_dir(path: Path) -> bool:
     """A directory a builder wrote: one of its splits has valid metadata."""
@@ -238,94 +285,3 @@ class AtomicOutputDir:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(self.tmp, self.output_dir)
-
-
-def single_example_layout(num_groups: int, puzzles_per_group: int) -> Dict[str, np.ndarray]:
-    """Indices of the Sudoku/Maze layout: one group per original puzzle, each augment its own
-    puzzle with one example, all under the blank identifier 0."""
-    num_puzzles = num_groups * puzzles_per_group
-    return {"puzzle_identifiers": np.zeros(num_puzzles, dtype=np.int32),
-            "puzzle_indices": np.arange(num_puzzles + 1, dtype=np.int32),
-            "group_indices": np.arange(0, num_puzzles + 1, puzzles_per_group, dtype=np.int32)}
-
-
-def single_set_metadata(seq_len: int, vocab_size: int, num_groups: int, puzzles_per_group: int) -> PuzzleDatasetMetadata:
-    return PuzzleDatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=vocab_size,
-                                 seq_len=seq_len, num_puzzle_identifiers=1, total_groups=num_groups,
-                                 mean_puzzle_examples=1.0, total_puzzles=num_groups * puzzles_per_group, sets=["all"])
-
-
-def write_identifiers(output_dir: Path, names: Sequence[str] = ("<blank>",)) -> None:
-    (Path(output_dir) / "identifiers.json").write_text(json.dumps(list(names)))
-
-
-SOURCE_CSV_COLUMNS = ["source", "question", "answer", "rating"]
-
-
-def iter_source_csv(path: Path):
-    """(line number, question, answer, rating) of a published source CSV; the header row is optional."""
-    with open(path, newline="") as f:
-        for line, row in enumerate(csv.reader(f), start=1):
-            if line == 1 and row == SOURCE_CSV_COLUMNS:
-                continue
-            if len(row) != 4:
-                raise DatasetError(f"{path} row {line}: expected 4 columns {','.join(SOURCE_CSV_COLUMNS)}, got {len(row)}")
-            yield line, row[1], row[2], row[3]
-
-
-def parse_rating(path: Path, line: int, text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise DatasetError(f"{path} row {line}: rating {text!r} is not an integer") from None
-
-
-def locate_split_csvs(source_dir) -> Dict[str, Path]:
-    """`train.csv` and `test.csv` of a local copy of a published dataset."""
-    source_dir = Path(source_dir)
-    if not source_dir.is_dir():
-        raise DatasetError(f"--source-dir {source_dir} is not a directory; point it at the folder holding train.csv and test.csv")
-    paths = {split: source_dir / f"{split}.csv" for split in SPLITS}
-    for split, path in paths.items():
-        if not path.is_file():
-            raise DatasetError(f"missing split: {path} not found; --source-dir needs both train.csv and test.csv")
-    return paths
-
-
-def download_split_csvs(repo: str, cache_dir: Optional[Path] = None, timeout: float = 15.0) -> Dict[str, Path]:
-    """Fetch `train.csv` and `test.csv` of a Hugging Face dataset repo with plain urllib (cached)."""
-    cache_dir = Path(cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trm-datasets") / repo
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for split in SPLITS:
-        path = cache_dir / f"{split}.csv"
-        if not path.is_file():
-            url = HF_DATASET_URL.format(repo=repo, filename=f"{split}.csv")
-            tmp = path.with_suffix(".part")
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
-                    shutil.copyfileobj(response, f, length=1 << 20)
-            except (urllib.error.URLError, OSError) as e:
-                tmp.unlink(missing_ok=True)
-                reason = getattr(e, "reason", e)
-                raise DatasetError(f"cannot download {url} ({reason}); without network use --source-dir DIR "
-                                   f"(a local copy of train.csv/test.csv) or --generate N_TRAIN --generate-test N_TEST") from None
-            os.replace(tmp, path)
-        paths[split] = path
-    return paths
-
-
-
-def choose_csv_source(args, default_repo: str, dataset_name: str, fallback_count: int) -> None:
-    """Resolve the source order shared by the Sudoku and Maze builders: --source-dir, then an explicit --source-repo
-    (fails when offline), then --generate; with no source flag the default repo, or offline the generator with a notice.
-    Sets `args.source_dir` or `args.generate`."""
-    if args.source_dir is None and args.source_repo is not None:
-        args.source_dir = download_split_csvs(args.source_repo)["train"].parent
-    elif args.source_dir is None and args.generate is None:
-        try:
-            args.source_dir = download_split_csvs(default_repo)["train"].parent
-        except DatasetError as e:
-            args.generate = fallback_count
-            print(f"notice: {e}\nnotice: falling back to the built-in generator (--generate {args.generate} "
-                  f"--generate-test {args.generate_test or 1000} --size {args.size}); this is NOT {dataset_name}", file=sys.stderr)
