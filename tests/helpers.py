@@ -34,6 +34,7 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+
 def read_set(split_dir, set_name: str, mmap: bool = True) -> dict:
     """The five arrays of one set of a split; inputs and labels memory-mapped (they are the large arrays)."""
     import numpy as np
