@@ -5,33 +5,29 @@ Writes eval_results.json (per set and mode: accuracy, exact accuracy with its Wi
 evaluators' results such as pass@K) into output_dir, and with visualize=N the reasoning of N puzzles as PNG/GIF.
 Language-model runs (arch=trm_lm) also get the held-out mean token loss and perplexity, both token-weighted."""
 import json
-import math
 import os
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Dict, List, Literal, Optional
 
 import hydra
-import numpy as np
 import pydantic
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from evaluators.stats import add_wilson_intervals
 from evaluation.halting import AdaptiveHalting
-from models.loading import InputError, LoadedCheckpoint, find_weights, load_checkpoint, load_run_config, step_of, test_split_paths
-from dataset.format import IGNORE_LABEL_ID, set_array_path
+from evaluation.loop import SizedLoader, count_test_batches, evaluate
+from evaluation.pictures import first_test_rows, save_reasoning
+from evaluators.stats import add_wilson_intervals
+from models.checkpoint_io import step_of
+from models.loading import InputError, find_weights, load_checkpoint, load_run_config, test_split_paths
 from dataset.kinds import guess_kind, run_hints
 from dataset.validate import check_dataset
 from models.lm import ARCH_NAME as LM_ARCH_NAME
-from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
-from training.builders import create_evaluators, fit_evaluators
-from training.config import ConfigError, EvaluatorConfig, format_validation_error
+from training.builders import create_dataloader, create_evaluators, fit_evaluators
+from training.config import EvaluatorConfig, format_validation_error
 from utils.device import (compile_failures_stop_the_run, describe_precision, describe_threads, maybe_compile,
-                             set_intra_op_threads, setup_device)
+                          set_intra_op_threads, setup_device)
 from utils.distributed import DistInfo, init_distributed, shutdown_distributed
-from training.loop import evaluate
-from utils.errors import user_errors
+from utils.errors import ConfigError, user_errors
 from utils.hydra_cli import check_command_line
 
 MODES = {"fixed": ["fixed"], "adaptive": ["adaptive"], "both": ["fixed", "adaptive"]}
@@ -61,44 +57,6 @@ def parse_config(cfg: DictConfig) -> EvaluateConfig:
         return EvaluateConfig.model_validate(OmegaConf.to_container(cfg, resolve=True))
     except pydantic.ValidationError as e:
         raise ConfigError(format_validation_error(e).replace("cfg_pretrain", "cfg_evaluate")) from None
-
-
-class SizedLoader:
-    """The test loader with a length, so the progress bar shows how far the evaluation is."""
-
-    def __init__(self, dataset: PuzzleDataset, batches: int):
-        self.dataset, self.batches = dataset, batches
-
-    def __iter__(self):
-        return iter(self.dataset)
-
-    def __len__(self):
-        return self.batches
-
-
-def count_test_batches(data_paths: List[str], sets: List[str], global_batch_size: int) -> int:
-    total = 0
-    for path in data_paths:
-        for set_name in sets:
-            rows = np.load(set_array_path(os.path.join(path, "test"), set_name, "inputs"), mmap_mode="r").shape[0]
-            total += math.ceil(rows / global_batch_size)
-    return total
-
-
-def make_loader(data_paths: List[str], global_batch_size: int, dist_info: DistInfo) -> PuzzleDataset:
-    for path in data_paths:
-        if not os.path.isfile(os.path.join(path, "test", "dataset.json")):
-            raise InputError(f"dataset '{path}' has no test split (test/dataset.json): build it or fix data_paths")
-    try:
-        return PuzzleDataset(PuzzleDatasetConfig(seed=0, dataset_paths=data_paths, global_batch_size=global_batch_size,
-                                                 test_set_mode=True, epochs_per_iter=1, rank=dist_info.rank,
-                                                 num_replicas=dist_info.world_size), split="test")
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-def make_evaluators(configs: List[EvaluatorConfig], metadata, data_paths: List[str]) -> List[Any]:
-    return create_evaluators(SimpleNamespace(evaluators=configs), metadata, data_paths)
 
 
 # Options that change the results: a run with other values writes beside the default one, not over it.
@@ -162,49 +120,6 @@ def format_results(results: Dict[str, Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def first_test_rows(dataset: PuzzleDataset, n: int) -> Dict[str, torch.Tensor]:
-    """The first n labelled rows of the test split (rank 0's slice)."""
-    parts, have = [], 0
-    for _, batch, _ in dataset:
-        keep = (batch["labels"] != IGNORE_LABEL_ID).any(-1)
-        parts.append({k: v[keep] for k, v in batch.items()})
-        have += int(keep.sum())
-        if have >= n:
-            break
-    return {k: torch.cat([p[k] for p in parts])[:n] for k in parts[0]}
-
-
-def write_visuals(loaded: LoadedCheckpoint, dataset: PuzzleDataset, kind: Optional[str], n: int, threshold: Optional[float],
-                  device: torch.device, output_dir: Path) -> List[Path]:
-    """PNG (all steps side by side) and GIF (one frame per step) per puzzle, and the terminal view of the answers."""
-    from visualize.images import save_steps_gif, save_steps_png
-    from visualize.terminal import render_puzzle_answer
-    if kind is None:
-        print("visualize: cannot tell whether the dataset holds sudoku, maze or arc puzzles; skipped")
-        return []
-    rows = first_test_rows(dataset, n)
-    runner = AdaptiveHalting(threshold, record_steps=True)
-    written = []
-    with torch.inference_mode():
-        chunks = list(runner(loaded.head, [("all", rows, n)], (), device))
-    for _, chunk, _, outputs in chunks:
-        order = sorted(range(len(outputs["row_index"])), key=lambda j: int(outputs["row_index"][j]))
-        for j in order:
-            index, steps = int(outputs["row_index"][j]), int(outputs["steps"][j])
-            puzzle = chunk["inputs"][j].cpu().numpy()
-            label = chunk["labels"][j].cpu().numpy()
-            label = np.where(label == IGNORE_LABEL_ID, 0, label)  # ignored cells are pad, token 0
-            step_preds = list(outputs["step_preds"][j, :steps].numpy())
-            stem = output_dir / "reasoning" / f"puzzle_{index:03d}"
-            written += [save_steps_png(stem.with_suffix(".png"), puzzle, step_preds, kind, label),
-                        save_steps_gif(stem.with_suffix(".gif"), puzzle, step_preds, kind, label)]
-            confidence = float(torch.sigmoid(outputs["q_halt_logits"][j].float()))
-            print(f"\npuzzle {index}: {steps} steps, halting confidence {confidence:.3f}, "
-                  f"{'solved' if (step_preds[-1] == label).all() else 'not solved'}")
-            print(render_puzzle_answer(puzzle, step_preds[-1], kind, label=label, step=steps))
-    return written
-
-
 @compile_failures_stop_the_run()
 def run(options: EvaluateConfig, dist_info: DistInfo) -> Optional[Dict[str, Any]]:
     device = setup_device(options.device)
@@ -229,13 +144,12 @@ def run(options: EvaluateConfig, dist_info: DistInfo) -> Optional[Dict[str, Any]
         raise InputError("no batch size: give global_batch_size=...")
     for path in data_paths:  # before any heavy work, as dataset.validate checks it
         check_dataset(path, ("test",), identifiers_required=False)
-    dataset = make_loader(data_paths, global_batch_size, dist_info)
-    metadata = dataset.metadata
+    dataset, metadata = create_dataloader(data_paths, "test", global_batch_size, dist_info)
     evaluator_configs = options.evaluators if options.evaluators is not None else fit_evaluators(
         [EvaluatorConfig.model_validate(e) for e in run_config.get("evaluators") or []], metadata, data_paths, chosen=False)
     loaded = load_checkpoint(weights, device, metadata=metadata, arch=arch, batch_size=global_batch_size // dist_info.world_size,
                              data_name=",".join(data_paths), forward_dtype=options.forward_dtype)
-    make_evaluators(evaluator_configs, metadata, data_paths)  # bad evaluator options fail before any model work
+    create_evaluators(evaluator_configs, metadata, data_paths)  # bad evaluator options fail before any model work
     model = maybe_compile(loaded.head, options.compile, device)  # by default on CUDA, as training
     step = step_of(weights) or 0
     output_dir = Path(options.output_dir or weights.parent / results_dir_name(options, step))
@@ -249,7 +163,7 @@ def run(options: EvaluateConfig, dist_info: DistInfo) -> Optional[Dict[str, Any]
     results: Dict[str, Dict[str, Any]] = {}
     calls: Dict[str, int] = {}
     for mode in MODES[options.halt]:
-        evaluators = make_evaluators(evaluator_configs, metadata, data_paths)  # fresh: ARC votes must not carry over
+        evaluators = create_evaluators(evaluator_configs, metadata, data_paths)  # fresh: ARC votes must not carry over
         runner = AdaptiveHalting(options.halt_threshold) if mode == "adaptive" else None
         metrics = evaluate(model, loader, metadata, evaluators, dist_info, device, save_dir=str(output_dir / mode),
                            step=step, max_batches=options.max_batches, progress=True, batch_runner=runner)
@@ -274,8 +188,8 @@ def run(options: EvaluateConfig, dist_info: DistInfo) -> Optional[Dict[str, Any]
     if options.visualize:
         kind = guess_kind(metadata, run_hints(run_config, data_paths))
         threshold = options.halt_threshold if options.halt != "fixed" else None
-        single = make_loader(data_paths, global_batch_size, DistInfo())
-        written = write_visuals(loaded, single, kind, options.visualize, threshold, device, output_dir)
+        single, _ = create_dataloader(data_paths, "test", global_batch_size, DistInfo())  # rank 0 draws them all
+        written = save_reasoning(loaded.head, first_test_rows(single, options.visualize), kind, threshold, output_dir)
         if written:
             print(f"Reasoning pictures: {len(written)} files in {output_dir / 'reasoning'}")
     return report

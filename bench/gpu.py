@@ -98,10 +98,11 @@ def mfu_cases(args, budget: Budget, work: Path) -> List[Dict[str, str]]:
 def eval_throughput(args, work: Path) -> Dict[str, str]:
     """In this process: the sudoku_mlp model's test batches through its EMA copy, eager and compiled."""
     from models.ema import EMAHelper
-    from training.builders import create_dataloader, create_loss_head
+    from models.build import build_loss_head
+    from training.builders import create_dataloader
     from utils.device import maybe_compile, resolve_forward_dtype, setup_device
     from utils.distributed import DistInfo
-    from training.loop import evaluate
+    from evaluation.loop import evaluate
 
     smoke = args.device == "cpu"
     case = replace(CASES["sudoku_mlp"], batch_size=(SMOKE_BATCHES if smoke else PAPER_BATCHES)["sudoku_mlp"])
@@ -109,10 +110,10 @@ def eval_throughput(args, work: Path) -> Dict[str, str]:
     write_synthetic_dataset(work / "eval_data", case, train_examples=case.batch_size,
                             test_examples=case.batch_size * EVAL_BATCHES)
     config = compose_config(case, work / "eval_data", SMOKE_ARCH if smoke else [])
-    loader, metadata = create_dataloader(config, "test", DistInfo(), test_set_mode=True)
+    loader, metadata = create_dataloader(config.data_paths, "test", config.global_batch_size, DistInfo())
     dtype = resolve_forward_dtype(config.arch.model_extra.get("forward_dtype", "bfloat16"), device)
     with torch.device(device):
-        head = create_loss_head(config, metadata, 1, dtype)
+        head = build_loss_head(config.arch, metadata, config.global_batch_size, dtype)
     ema = EMAHelper()
     ema.register(head)
     eval_head = ema.ema_copy(head).eval()

@@ -133,9 +133,10 @@ def time_training(name: str, runs, train_loader, config, args, device, dtype):
     right after each step of the first run, and the seconds spent loading that run's batches."""
     from utils.distributed import DistInfo
     from training.loop import TrainState, train_batch
+    from training.schedule import Schedule
     dist = DistInfo()
-    states = [TrainState(head=model, optimizers=opt, base_lrs=lrs, carry=None, step=0, total_steps=10 ** 6)
-              for _, model, opt, lrs in runs]
+    schedule = Schedule(total_steps=10 ** 6, warmup_steps=config.lr_warmup_steps, min_ratio=config.lr_min_ratio)
+    states = [TrainState(model=model, optimizers=opt, base_lrs=lrs, schedule=schedule) for _, model, opt, lrs in runs]
     load_seconds, step_times, peaks = 0.0, [[] for _ in runs], []
     batches = [iter(train_loader) for _ in runs]
     for i in range(args.warmup + args.steps):
@@ -144,7 +145,7 @@ def time_training(name: str, runs, train_loader, config, args, device, dtype):
             start = time.perf_counter()
             _, batch, global_batch_size = next(batches[r])
             loaded = time.perf_counter()
-            train_batch(state, batch, global_batch_size, config.lr_warmup_steps, config.lr_min_ratio, dist, device)
+            train_batch(state, batch, global_batch_size, dist, device)
             synchronize(device)
             step_time = time.perf_counter() - loaded
             if i >= args.warmup:
@@ -160,11 +161,12 @@ def time_training(name: str, runs, train_loader, config, args, device, dtype):
 def run_case(name: str, args, work: Path) -> dict:
     """Train, time and infer one case; its synthetic dataset goes under `work`."""
     from evaluation.halting import AdaptiveHalting
-    from training.builders import create_dataloader, create_loss_head, create_optimizers
+    from models.build import build_loss_head
+    from training.builders import create_dataloader, create_optimizers
     from training.checkpoint import load_weights_file
     from utils.device import maybe_compile, pick_device, resolve_forward_dtype, setup_device
     from utils.distributed import DistInfo
-    from training.loop import run_to_max_steps
+    from evaluation.halting import run_to_max_steps
     from bench.flops import act_step_flops
     from bench.plain_trm import use_plain_network
 
@@ -178,11 +180,11 @@ def run_case(name: str, args, work: Path) -> dict:
                             test_examples=case.batch_size * args.infer_batches)
     config = compose_config(case, work / "data", args.override)
     dist = DistInfo()
-    train_loader, metadata = create_dataloader(config, "train", dist)
-    test_loader, _ = create_dataloader(config, "test", dist, test_set_mode=True)
+    train_loader, metadata = create_dataloader(config.data_paths, "train", config.global_batch_size, dist, seed=config.seed)
+    test_loader, _ = create_dataloader(config.data_paths, "test", config.global_batch_size, dist)
     dtype_name = resolve_forward_dtype(config.arch.model_extra.get("forward_dtype", "bfloat16"), device)
     with torch.device(device):
-        head = create_loss_head(config, metadata, 1, dtype_name)
+        head = build_loss_head(config.arch, metadata, config.global_batch_size, dtype_name)
     if args.checkpoint:
         load_weights_file(head, args.checkpoint, what="--checkpoint")
     optimizers, base_lrs = create_optimizers(config, head, 1)

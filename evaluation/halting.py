@@ -1,17 +1,18 @@
-"""Adaptive halting at inference with continuous batching, over any ACT loss head (SPEC §3a, §4).
+"""How test rows halt, over any ACT loss head: the reference's fixed schedule (every row runs halt_max_steps) and
+adaptive halting with continuous batching (docs/network.md#act-halting).
 
-A row stops when sigmoid(q_halt) > threshold or at halt_max_steps; its slot then takes the next puzzle of the
-stream. Only the ACT contract is used: `head(carry=, batch=, return_keys=)`, and a carry whose `halted` rows are
-restarted on the matching rows of the next batch and whose `steps` count each row's steps. Training is untouched:
-the reference evaluation (every row runs halt_max_steps) stays training.loop.evaluate's default."""
+Adaptive: a row stops when sigmoid(q_halt) > threshold or at halt_max_steps; its slot then takes the next puzzle
+of the stream. Only the ACT contract is used: `head(carry=, batch=, return_keys=)`, and a carry whose `halted`
+rows are restarted on the matching rows of the next batch and whose `steps` count each row's steps. Both are batch
+runners for evaluation.loop.evaluate; the fixed one is its default, as in training."""
 import math
 from collections import deque
 from typing import Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from dataset.format import IGNORE_LABEL_ID
-from training.loop import to_device
+from models.losses import row_metrics
+from utils.device import to_device
 
 BATCH_FIELDS = ("inputs", "labels", "puzzle_identifiers")
 
@@ -25,21 +26,17 @@ def halt_logit_threshold(threshold: Optional[float]) -> float:
     return math.log(threshold / (1 - threshold))
 
 
-def halted_row_metrics(preds: torch.Tensor, labels: torch.Tensor, q_halt_logits: torch.Tensor,
-                       steps: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """The loss head's evaluation metrics (SPEC §5) for rows that have all halted: sums over rows with labels."""
-    mask = labels != IGNORE_LABEL_ID
-    counts = mask.sum(-1)
-    valid = counts > 0
-    correct = mask & (preds == labels)
-    seq_correct = correct.sum(-1) == counts
-    return {
-        "count": valid.sum(),
-        "accuracy": torch.where(valid, correct.sum(-1).to(torch.float32) / counts.clamp_min(1), 0).sum(),
-        "exact_accuracy": (valid & seq_correct).sum(),
-        "q_halt_accuracy": (valid & ((q_halt_logits >= 0) == seq_correct)).sum(),
-        "steps": torch.where(valid, steps, 0).sum(),
-    }
+def run_to_max_steps(head, batches: Iterable, return_keys: Sequence[str], device: torch.device):
+    """The reference evaluation: each test batch runs until all its rows halt (halt_max_steps in eval mode)."""
+    for set_name, batch, _ in batches:
+        batch = to_device(batch, device)
+        with torch.device(device):
+            carry = head.initial_carry(batch)
+        while True:
+            carry, _, metrics, outputs, all_halted = head(carry=carry, batch=batch, return_keys=return_keys)
+            if all_halted:
+                break
+        yield set_name, batch, metrics, outputs
 
 
 def _pad_steps(x: torch.Tensor, steps: int, value: float, dim: int = 0) -> torch.Tensor:
@@ -88,7 +85,7 @@ class _RowStream:
 
 
 class AdaptiveHalting:
-    """A batch runner for training.loop.evaluate: yields (set_name, batch, metrics, outputs) chunks of halted rows.
+    """A batch runner for evaluation.loop.evaluate: yields (set_name, batch, metrics, outputs) chunks of halted rows.
 
     `threshold` None halts only at halt_max_steps (the fixed schedule, through the same loop). Outputs add `steps`
     [n] (each row's steps), `row_index` [n] (position in the stream; rows finish out of order) and, with
@@ -187,5 +184,23 @@ class AdaptiveHalting:
                 c["step_q_halt_logits"] = _pad_steps(c["step_q_halt_logits"], most, math.nan, dim=1)
         merged = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
         batch = {k: merged.pop(k) for k in BATCH_FIELDS if k in merged}
-        metrics = halted_row_metrics(merged["preds"], batch["labels"], merged["q_halt_logits"], merged["steps"])
+        metrics, _ = row_metrics(merged["preds"], batch["labels"], merged["q_halt_logits"], merged["steps"],
+                                 halted=torch.ones_like(merged["steps"], dtype=torch.bool))
         return set_name, batch, metrics, merged
+
+
+def run_rows(head, rows: Dict[str, torch.Tensor], threshold: Optional[float], device: torch.device,
+             record_steps: bool = False) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+    """Every row of one batch through adaptive halting (fixed when `threshold` is None), back in the given order:
+    (the batch fields, the outputs with `steps` and, with `record_steps`, the answer after every step)."""
+    runner = AdaptiveHalting(threshold, record_steps=record_steps)
+    chunks = list(runner(head, [("all", rows, len(rows["inputs"]))], (), device))
+    merged_batch, merged = ({k: torch.cat([c[i][k] for c in chunks]) for k in chunks[0][i]} for i in (1, 3))
+    if record_steps:  # chunks were padded to their own longest row
+        most = max(c[3]["step_preds"].shape[1] for c in chunks)
+        merged["step_preds"] = torch.cat([_pad_steps(c[3]["step_preds"], most, -1, dim=1) for c in chunks])
+        merged["step_q_halt_logits"] = torch.cat([_pad_steps(c[3]["step_q_halt_logits"], most, math.nan, dim=1)
+                                                  for c in chunks])
+    order = torch.argsort(merged["row_index"].cpu())
+    return ({k: v[order.to(v.device)] for k, v in merged_batch.items()},
+            {k: v[order.to(v.device)] for k, v in merged.items()})

@@ -13,7 +13,7 @@ import torch
 from dataset.format import IGNORE_LABEL_ID
 from dataset.kinds import guess_kind, run_hints
 from inference.encoding import decode_answer, encode, read_vocabulary
-from evaluation.halting import AdaptiveHalting
+from evaluation.halting import run_rows
 from models.loading import InputError, LoadedCheckpoint, load_checkpoint, test_split_paths
 from utils.device import pick_device
 
@@ -97,19 +97,18 @@ class Solver:
             raise InputError(f"puzzle has {inputs.shape[1]} tokens but this checkpoint takes seq_len {self.seq_len}")
         ids = torch.tensor([self.blank_identifier_id if i is None else int(i) for i in identifiers], dtype=torch.int32)
         batch = {"inputs": inputs, "labels": torch.full_like(inputs, IGNORE_LABEL_ID), "puzzle_identifiers": ids}
-        runner = AdaptiveHalting(halt_threshold if halt == "adaptive" else None, record_steps=return_steps)
-        chunks = list(runner(self.head, [("all", batch, len(rows))], (), self.device))
-        results: List[Optional[Solution]] = [None] * len(rows)
-        for _, chunk_batch, _, outputs in chunks:
-            for j, index in enumerate(outputs["row_index"].tolist()):
-                tokens = outputs["preds"][j].cpu().numpy()
-                steps = int(outputs["steps"][j])
-                solution = Solution(answer=decode_answer(tokens, self.kind, self.vocab), steps=steps,
-                                    confidence=float(torch.sigmoid(outputs["q_halt_logits"][j].float())),
-                                    tokens=tokens, puzzle_tokens=chunk_batch["inputs"][j].cpu().numpy())
-                if return_steps:
-                    solution.step_tokens = outputs["step_preds"][j, :steps].numpy()
-                    solution.step_answers = [decode_answer(t, self.kind, self.vocab) for t in solution.step_tokens]
-                    solution.step_confidences = torch.sigmoid(outputs["step_q_halt_logits"][j, :steps]).tolist()
-                results[index] = solution
+        batch, outputs = run_rows(self.head, batch, halt_threshold if halt == "adaptive" else None, self.device,
+                                  record_steps=return_steps)
+        results = []
+        for j in range(len(rows)):
+            tokens = outputs["preds"][j].cpu().numpy()
+            steps = int(outputs["steps"][j])
+            solution = Solution(answer=decode_answer(tokens, self.kind, self.vocab), steps=steps,
+                                confidence=float(torch.sigmoid(outputs["q_halt_logits"][j].float())),
+                                tokens=tokens, puzzle_tokens=batch["inputs"][j].cpu().numpy())
+            if return_steps:
+                solution.step_tokens = outputs["step_preds"][j, :steps].cpu().numpy()
+                solution.step_answers = [decode_answer(t, self.kind, self.vocab) for t in solution.step_tokens]
+                solution.step_confidences = torch.sigmoid(outputs["step_q_halt_logits"][j, :steps]).tolist()
+            results.append(solution)
         return results

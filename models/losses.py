@@ -1,5 +1,5 @@
 """Loss head around an ACT model (SPEC §5): token loss per row, Q-halt (and Q-continue) BCE, metrics over halted rows."""
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,25 @@ def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_ind
 LOSS_FUNCTIONS = {"stablemax_cross_entropy": stablemax_cross_entropy, "softmax_cross_entropy": softmax_cross_entropy}
 
 
+def row_metrics(preds: torch.Tensor, labels: torch.Tensor, q_halt_logits: torch.Tensor, steps: torch.Tensor,
+                halted: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+    """Sums over the halted rows that have labels (docs/network.md#metrics): the row count, token accuracy, exact
+    accuracy, Q-halt accuracy and steps; and whether each row is exactly right (the Q-halt target)."""
+    mask = labels != IGNORE_LABEL_ID
+    counts = mask.sum(-1)
+    is_correct = mask & (preds == labels)
+    seq_is_correct = is_correct.sum(-1) == counts
+    valid = halted & (counts > 0)
+    metrics = {
+        "count": valid.sum(),
+        "accuracy": torch.where(valid, (is_correct.to(torch.float32) / counts.clamp_min(1).unsqueeze(-1)).sum(-1), 0).sum(),
+        "exact_accuracy": (valid & seq_is_correct).sum(),
+        "q_halt_accuracy": (valid & ((q_halt_logits >= 0) == seq_is_correct)).sum(),
+        "steps": torch.where(valid, steps, 0).sum(),
+    }
+    return metrics, seq_is_correct
+
+
 class ACTLossHead(nn.Module):
     def __init__(self, model: nn.Module, loss_type: str = "stablemax_cross_entropy"):
         super().__init__()
@@ -59,19 +78,9 @@ class ACTLossHead(nn.Module):
         with torch.no_grad():
             outputs["preds"] = torch.argmax(logits, dim=-1)
             mask = labels != IGNORE_LABEL_ID
-            loss_counts = mask.sum(-1)
-            loss_divisor = loss_counts.clamp_min(1).unsqueeze(-1)
-            is_correct = mask & (outputs["preds"] == labels)
-            seq_is_correct = is_correct.sum(-1) == loss_counts
-
-            valid = new_carry.halted & (loss_counts > 0)
-            metrics = {
-                "count": valid.sum(),
-                "accuracy": torch.where(valid, (is_correct.to(torch.float32) / loss_divisor).sum(-1), 0).sum(),
-                "exact_accuracy": (valid & seq_is_correct).sum(),
-                "q_halt_accuracy": (valid & ((outputs["q_halt_logits"] >= 0) == seq_is_correct)).sum(),
-                "steps": torch.where(valid, new_carry.steps, 0).sum(),
-            }
+            loss_divisor = mask.sum(-1).clamp_min(1).unsqueeze(-1)
+            metrics, seq_is_correct = row_metrics(outputs["preds"], labels, outputs["q_halt_logits"], new_carry.steps,
+                                                  new_carry.halted)
 
         lm_loss = (self.loss_fn(logits, labels, ignore_index=IGNORE_LABEL_ID, valid_mask=mask) / loss_divisor).sum()
         q_halt_loss = F.binary_cross_entropy_with_logits(outputs["q_halt_logits"], seq_is_correct.to(outputs["q_halt_logits"].dtype),

@@ -9,7 +9,7 @@ from torch._dynamo.utils import counters
 from models.ema import EMAHelper
 from utils.device import maybe_compile
 from utils.distributed import DistInfo
-from training.loop import evaluate
+from evaluation.loop import evaluate
 from tests.helpers import tiny_head
 
 

@@ -6,19 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from _tiny_checkpoint import tiny_checkpoint
 from inference.api import Solver
 from inference.encoding import arc_test_inputs, encode_maze
 from evaluation.halting import AdaptiveHalting, halt_logit_threshold
 from models.loading import InputError, load_checkpoint
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
 from utils.distributed import DistInfo
-from training.loop import evaluate
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory)
+from evaluation.loop import evaluate
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from models.adam_atan2 import AdamATan2
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
 from utils.distributed import DistInfo
 from training.loop import TrainState, train_batch
+from training.schedule import Schedule
 from training.prefetch import Prefetcher, prefetch_depth, prefetched
 from tests.helpers import tiny_head
 
@@ -88,9 +89,9 @@ def test_training_on_prefetched_pinned_batches_gives_the_losses_of_plain_batches
         torch.manual_seed(0)
         with torch.device(device):
             head = tiny_head(num_puzzle_identifiers=1000)
-        state = TrainState(head=head, optimizers=[AdamATan2(head.parameters(), lr=0)], base_lrs=[1e-2], carry=None,
-                           step=0, total_steps=10)
-        return [train_batch(state, batch, size, 0, 1.0, DistInfo(), device)["train/lm_loss"] for _, batch, size in batches]
+        state = TrainState(model=head, optimizers=[AdamATan2(head.parameters(), lr=0)], base_lrs=[1e-2],
+                           schedule=Schedule(total_steps=10, warmup_steps=0, min_ratio=1.0))
+        return [train_batch(state, batch, size, DistInfo(), device)["train/lm_loss"] for _, batch, size in batches]
 
     plain = losses(loader(tmp_path, batch_size=3))
     assert len(plain) == 10

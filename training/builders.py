@@ -4,7 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
-from typing import Any, List, Optional
+from typing import Any, List
 
 from omegaconf import OmegaConf
 from torch import nn
@@ -12,8 +12,9 @@ from torch import nn
 from dataset.format import PuzzleDatasetMetadata
 from dataset.kinds import guess_kind
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
-from training.config import ConfigError, EvaluatorConfig, PretrainConfig
+from training.config import EvaluatorConfig, PretrainConfig
 from utils.distributed import DistInfo
+from utils.errors import ConfigError
 from utils.functions import load_model_class
 
 
@@ -37,49 +38,17 @@ def ensure_dataset(config: PretrainConfig) -> None:
     sys.stderr.write(built.stderr)
 
 
-def create_dataloader(config: PretrainConfig, split: str, dist_info: DistInfo, epochs_per_iter: int = 1,
-                      test_set_mode: bool = False, data_paths: Optional[List[str]] = None):
+def create_dataloader(data_paths: List[str], split: str, global_batch_size: int, dist_info: DistInfo, seed: int = 0,
+                      epochs_per_iter: int = 1):
+    """The loader of one split of `data_paths` (this rank's share of each global batch) and its metadata. The
+    test split is read in order, once, padded to whole batches (test_set_mode)."""
     try:
         dataset = PuzzleDataset(PuzzleDatasetConfig(
-            seed=config.seed,
-            dataset_paths=data_paths or config.data_paths,
-            global_batch_size=config.global_batch_size,
-            test_set_mode=test_set_mode,
-            epochs_per_iter=epochs_per_iter,
-            rank=dist_info.rank,
-            num_replicas=dist_info.world_size,
-        ), split=split)
+            seed=seed, dataset_paths=data_paths, global_batch_size=global_batch_size, test_set_mode=split == "test",
+            epochs_per_iter=epochs_per_iter, rank=dist_info.rank, num_replicas=dist_info.world_size), split=split)
     except ValueError as e:  # datasets that disagree, a batch the ranks cannot split, ...
         raise ConfigError(str(e)) from None
     return dataset, dataset.metadata
-
-
-def model_config_dict(config: PretrainConfig, metadata: PuzzleDatasetMetadata, world_size: int,
-                      forward_dtype: str) -> dict:
-    """SPEC §3a: every extra key under `arch`, plus what the data dictates."""
-    arch = config.arch.model_dump()
-    arch.pop("name")
-    arch.pop("loss")
-    arch["forward_dtype"] = forward_dtype
-    return dict(**arch,
-                batch_size=config.global_batch_size // world_size,
-                vocab_size=metadata.vocab_size,
-                seq_len=metadata.seq_len,
-                num_puzzle_identifiers=metadata.num_puzzle_identifiers,
-                causal=False)
-
-
-def create_loss_head(config: PretrainConfig, metadata: PuzzleDatasetMetadata, world_size: int,
-                     forward_dtype: str) -> nn.Module:
-    loss_kwargs = config.arch.loss.model_dump()
-    loss_kwargs.pop("name")
-    try:
-        model_cls = load_model_class(config.arch.name)
-        loss_cls = load_model_class(config.arch.loss.name)
-        model = model_cls(model_config_dict(config, metadata, world_size, forward_dtype))
-        return loss_cls(model, **loss_kwargs)
-    except ValueError as e:  # the models state bad configuration in one line
-        raise ConfigError(f"arch: {e}") from None
 
 
 def create_optimizers(config: PretrainConfig, head: nn.Module, world_size: int):
@@ -123,9 +92,10 @@ def fit_evaluators(configured: List[EvaluatorConfig], metadata: PuzzleDatasetMet
     return [EvaluatorConfig(name=name)] if name else []
 
 
-def create_evaluators(config: PretrainConfig, eval_metadata: PuzzleDatasetMetadata, data_paths: List[str]) -> List[Any]:
+def create_evaluators(configs: List[EvaluatorConfig], eval_metadata: PuzzleDatasetMetadata, data_paths: List[str]) -> List[Any]:
+    """One evaluator per configured name and dataset path, fresh (nothing carried over from earlier evaluations)."""
     evaluators = []
-    for cfg in config.evaluators:
+    for cfg in configs:
         kwargs = cfg.model_dump()
         name = kwargs.pop("name")
         try:

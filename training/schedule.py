@@ -1,5 +1,6 @@
-"""The learning-rate schedule shared by both optimizers (SPEC §6)."""
+"""The learning-rate schedule shared by both optimizers (docs/network.md#training)."""
 import math
+from dataclasses import dataclass
 
 
 def cosine_schedule_with_warmup(step: int, base_lr: float, warmup_steps: int, total_steps: int,
@@ -13,3 +14,14 @@ def cosine_schedule_with_warmup(step: int, base_lr: float, warmup_steps: int, to
 
 def total_training_steps(epochs: int, total_groups: int, mean_puzzle_examples: float, global_batch_size: int) -> int:
     return int(epochs * total_groups * mean_puzzle_examples / global_batch_size)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The run's schedule settings in one place: the optimizers' lrs follow it step by step."""
+    total_steps: int
+    warmup_steps: int
+    min_ratio: float
+
+    def lr(self, step: int, base_lr: float) -> float:
+        return cosine_schedule_with_warmup(step, base_lr, self.warmup_steps, self.total_steps, self.min_ratio)

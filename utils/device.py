@@ -2,13 +2,15 @@
 import contextlib
 import os
 import shutil
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
-from utils.errors import UserError
+from utils.errors import ConfigError, UserError
 
-from training.config import ConfigError
+
+def to_device(batch: Dict[str, torch.Tensor], device: torch.device) -> Dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def pick_device(requested: str = "auto", flag: str = "device=") -> torch.device:

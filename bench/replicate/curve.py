@@ -1,13 +1,14 @@
 """Held-out exact accuracy if the model were stopped after k = 1..halt_max_steps supervision steps, from one
-reference evaluation pass (training.loop.evaluate with a batch runner that reports every step as its own set)."""
+reference evaluation pass (evaluation.loop.evaluate with a batch runner that reports every step as its own set)."""
 from types import SimpleNamespace
 from typing import List, Tuple
 
 import torch
 
-from evaluation.halting import halted_row_metrics
+from evaluation.loop import evaluate
+from models.losses import row_metrics
+from utils.device import to_device
 from utils.distributed import DistInfo
-from training.loop import evaluate, to_device
 
 
 def step_set(k: int) -> str:
@@ -15,7 +16,7 @@ def step_set(k: int) -> str:
 
 
 def every_step_runner(max_steps: int):
-    """A batch runner for training.loop.evaluate: each test batch runs max_steps ACT steps (as the reference
+    """A batch runner for evaluation.loop.evaluate: each test batch runs max_steps ACT steps (as the reference
     evaluation does) and the answer after step k is scored under the set `step_k`."""
     def run(head, batches, return_keys, device):
         keys = sorted(set(return_keys) | {"preds", "q_halt_logits"})
@@ -25,8 +26,9 @@ def every_step_runner(max_steps: int):
                 carry = head.initial_carry(batch)
             for k in range(1, max_steps + 1):
                 carry, _, _, outputs, _ = head(carry=carry, batch=batch, return_keys=keys)
-                yield step_set(k), batch, halted_row_metrics(outputs["preds"], batch["labels"],
-                                                             outputs["q_halt_logits"], carry.steps), outputs
+                metrics, _ = row_metrics(outputs["preds"], batch["labels"], outputs["q_halt_logits"], carry.steps,
+                                         halted=torch.ones_like(carry.halted))
+                yield step_set(k), batch, metrics, outputs
     return run
 
 
