@@ -1,4 +1,4 @@
-"""The puzzle loader (SPEC §7): training sampler and test iterator over one or more datasets on disk.
+"""The puzzle loader (docs/dataset_format.md#sampler): training sampler and test iterator over one or more datasets on disk.
 
 Training, per iteration (`epochs_per_iter` epochs): shuffle the groups of each epoch; from every group draw one
 random puzzle; fill the global batch with that puzzle's examples (a random subset without replacement, cut at the

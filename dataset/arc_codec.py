@@ -1,4 +1,4 @@
-"""The ARC grid codec (SPEC §7): a grid of colours 0-9 (at most 30x30) on a flat 30x30 canvas with 0 = pad,
+"""The ARC grid codec (docs/dataset_format.md#arc): a grid of colours 0-9 (at most 30x30) on a flat 30x30 canvas with 0 = pad,
 1 = end-of-grid marker (row below and column right of the grid) and colours -> 2..11; back from a predicted
 canvas to a grid; and the augmentation names `name|||t<k>|||<colour map digits>` with the grids they describe.
 Used by the ARC builder, the ARC evaluator, inference and the pictures."""

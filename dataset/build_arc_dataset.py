@@ -1,4 +1,4 @@
-"""Build the ARC dataset (SPEC §7) from the Kaggle JSON layout `<prefix>_<subset>_{challenges,solutions}.json`.
+"""Build the ARC dataset (docs/dataset_format.md#arc) from the Kaggle JSON layout `<prefix>_<subset>_{challenges,solutions}.json`.
 
 Every puzzle is one group: the original plus up to `--num-aug` distinct augmentations (a dihedral transform and a
 permutation of colours 1-9), each its own puzzle named `name|||t<k>|||<colour map digits>`. All examples of a

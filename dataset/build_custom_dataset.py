@@ -1,4 +1,4 @@
-"""Template: turn your own (input, output) pairs into a dataset the trainer can load (SPEC §7).
+"""Template: turn your own (input, output) pairs into a dataset the trainer can load (docs/dataset_format.md).
 
 Give one file per split, JSON or CSV:
 

@@ -1,4 +1,4 @@
-"""Build a Maze dataset in the reference on-disk format (SPEC §7).
+"""Build a Maze dataset in the reference on-disk format (docs/dataset_format.md#maze).
 
 Sources, first one given wins: --source-dir (local train.csv/test.csv with columns
 source,question,answer,rating; question = the maze, answer = the maze with the shortest path marked 'o'),

@@ -1,4 +1,4 @@
-"""Build a Sudoku dataset in the reference on-disk format (SPEC §7).
+"""Build a Sudoku dataset in the reference on-disk format (docs/dataset_format.md#sudoku).
 
 Sources, first one given wins: --source-dir (local train.csv/test.csv with columns
 source,question,answer,rating), --source-repo (the paper's Hugging Face repo, downloaded with urllib;

@@ -1,4 +1,4 @@
-"""The on-disk puzzle dataset format (SPEC §7): metadata, the split's array files, their writers (whole arrays or
+"""The on-disk puzzle dataset format (docs/dataset_format.md): metadata, the split's array files, their writers (whole arrays or
 streamed rows) and the output-directory guard every builder writes through."""
 import json
 import os

@@ -1,4 +1,4 @@
-"""ARC evaluator (SPEC §8): map every augmented test prediction back to the original puzzle, vote across
+"""ARC evaluator (docs/evaluation.md#arc-evaluator): map every augmented test prediction back to the original puzzle, vote across
 augmentations, report pass@K and write an ARC Prize `submission.json`."""
 import json
 import os

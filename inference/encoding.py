@@ -1,4 +1,4 @@
-"""Plain puzzles <-> token sequences of the on-disk encodings (SPEC §7), with one-line errors for bad input.
+"""Plain puzzles <-> token sequences of the on-disk encodings (docs/dataset_format.md), with one-line errors for bad input.
 
 Sudoku: an n x n list of digits, 0 for blanks. Maze: text lines (or one string with newlines) over "# SG".
 ARC: a task dict {"train": [...], "test": [{"input": grid}, ...]}; each test input is one puzzle."""

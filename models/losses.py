@@ -1,4 +1,4 @@
-"""Loss head around an ACT model (SPEC §5): token loss per row, Q-halt (and Q-continue) BCE, metrics over halted rows."""
+"""Loss head around an ACT model (docs/network.md#loss-head): token loss per row, Q-halt (and Q-continue) BCE, metrics over halted rows."""
 from typing import Dict, Sequence, Tuple
 
 import torch

@@ -1,4 +1,4 @@
-"""Stablemax / softmax cross-entropy and the loss head's sums (SPEC §5), against hand-computed values."""
+"""Stablemax / softmax cross-entropy and the loss head's sums (docs/network.md#loss-head), against hand-computed values."""
 import math
 
 import pytest

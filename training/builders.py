@@ -75,7 +75,7 @@ def create_optimizers(config: PretrainConfig, head: nn.Module, world_size: int):
     return optimizers, base_lrs
 
 
-ARC_EVALUATOR = "arc@ARC"  # cfg_pretrain.yaml's default (SPEC §2), for the default ARC data
+ARC_EVALUATOR = "arc@ARC"  # cfg_pretrain.yaml's default (docs/configuration.md#training-keys), for the default ARC data
 KIND_EVALUATORS = {"sudoku": "sudoku@Sudoku", "maze": "maze@Maze"}
 
 

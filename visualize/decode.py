@@ -1,4 +1,4 @@
-"""Token sequences -> grids for display (SPEC §7 encodings): Sudoku value = digit + 1 (blank 1, pad 0),
+"""Token sequences -> grids for display (the encodings of docs/dataset_format.md): Sudoku value = digit + 1 (blank 1, pad 0),
 maze "# SGo" -> 1..5, ARC 30x30 with pad 0, end marker 1 and colours 2..11."""
 import numpy as np
 

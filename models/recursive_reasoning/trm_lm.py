@@ -1,5 +1,5 @@
 """A recursive causal language model (arch=trm_lm) behind the loss-head interface pretrain.py drives: every row
-halts after one call, the loss is next-token cross-entropy (labels are the next tokens, SPEC §7 layout)."""
+halts after one call, the loss is next-token cross-entropy (labels are the next tokens, in the layout of docs/dataset_format.md)."""
 from typing import Dict, Sequence
 
 import pydantic
@@ -19,7 +19,7 @@ class TRMLMConfig(pydantic.BaseModel):
 
     vocab_size: int
     seq_len: int
-    batch_size: int = 0                  # given by every run (SPEC §3a); a plain LM needs none of these three
+    batch_size: int = 0                  # given by every run (docs/network.md#model-interface); a plain LM needs none of these three
     num_puzzle_identifiers: int = 1
     causal: bool = True
     hidden_size: int = pydantic.Field(gt=0)
