@@ -1,4 +1,4 @@
-"""The learning-rate schedule shared by both optimizers (docs/network.md#training)."""
+"""The learning-rate schedule shared by both optimizers (docs/network.md#learning-rate-schedule)."""
 import math
 from dataclasses import dataclass
 
