@@ -5,10 +5,12 @@ from typing import Dict
 import torch
 from torch import nn
 
+from models.checkpoint_io import unwrap
+
 
 def _unwrap(module: nn.Module) -> nn.Module:
-    module = getattr(module, "_orig_mod", module)  # torch.compile
-    return getattr(module, "module", module)       # DistributedDataParallel
+    module = unwrap(module)                     # torch.compile
+    return getattr(module, "module", module)    # DistributedDataParallel
 
 
 class EMAHelper:

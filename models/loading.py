@@ -1,10 +1,7 @@
 """Find a checkpoint, read the run's config saved beside it, check a dataset fits it and rebuild its loss head."""
-import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -12,28 +9,17 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from dataset.format import PuzzleDatasetMetadata, read_metadata
-from models.checkpoint_io import load_reference_checkpoint, strip_compiled_prefix
-from training.builders import create_loss_head
-from training.checkpoint import read_weights_file
-from training.config import ArchConfig, ConfigError
+from models.build import ArchConfig, arch_config, build_loss_head, puzzle_rows, sizes_metadata
+from models.checkpoint_io import (WEIGHTS_FILE, highest_step_file, load_reference_checkpoint, read_weights_file,
+                                  step_of, strip_compiled_prefix)
 from utils.device import resolve_forward_dtype
 from utils.errors import UserError
 
-STEP_FILE = re.compile(r"^step_(\d+)$")
 QUICKSTART_DIR = os.path.join("checkpoints", "Sudoku6-quick-ACT-torch")
 
 
 class InputError(UserError):
     """Bad input from the user (a path, a puzzle, a dataset), stated in one line."""
-
-
-def _step_files(directory: Path) -> List[Path]:
-    return [p for p in directory.iterdir() if p.is_file() and STEP_FILE.match(p.name)]
-
-
-def step_of(weights: Path) -> Optional[int]:
-    match = STEP_FILE.match(Path(weights).name)
-    return int(match.group(1)) if match else None
 
 
 def find_weights(path) -> Path:
@@ -44,14 +30,10 @@ def find_weights(path) -> Path:
         return path
     if not path.is_dir():
         raise InputError(f"checkpoint '{path}' not found: give a weights file (<run dir>/step_<N>) or a run directory")
-    steps = _step_files(path)
-    if not steps:
-        runs = [d for d in path.iterdir() if d.is_dir() and _step_files(d)]
-        if not runs:
-            raise InputError(f"no step_<N> weights in '{path}' or its sub-directories: train one first or give the file")
-        newest = max(runs, key=lambda d: max(p.stat().st_mtime for p in _step_files(d)))
-        steps = _step_files(newest)
-    return max(steps, key=step_of)
+    found = highest_step_file(path, WEIGHTS_FILE)
+    if found is None:
+        raise InputError(f"no step_<N> weights in '{path}' or its sub-directories: train one first or give the file")
+    return Path(found)
 
 
 def load_run_config(weights: Path) -> Optional[Dict[str, Any]]:
@@ -77,11 +59,6 @@ def _find(state: Dict[str, torch.Tensor], suffix: str) -> Optional[torch.Tensor]
     return next((v for k, v in state.items() if k.endswith(suffix)), None)
 
 
-def puzzle_emb_len(arch: Dict[str, Any]) -> int:
-    ndim, hidden = int(arch.get("puzzle_emb_ndim", 0) or 0), int(arch["hidden_size"])
-    return int(arch.get("puzzle_emb_len", 16) or 0) or math.ceil(ndim / hidden)
-
-
 @dataclass
 class CheckpointShape:
     """What the weights themselves say about the data the model was trained on (None: they do not tell)."""
@@ -90,7 +67,7 @@ class CheckpointShape:
     num_puzzle_identifiers: Optional[int]
 
 
-def checkpoint_shape(state: Dict[str, torch.Tensor], arch: Dict[str, Any]) -> CheckpointShape:
+def checkpoint_shape(state: Dict[str, torch.Tensor], arch: ArchConfig) -> CheckpointShape:
     tokens = _find(state, "embed_tokens.embedding_weight")
     puzzles = _find(state, "puzzle_emb.weights")
     # The sequence length shows in learned positions and in the sequence-wide MLP (mlp_t); RoPE stores none.
@@ -101,7 +78,7 @@ def checkpoint_shape(state: Dict[str, torch.Tensor], arch: Dict[str, Any]) -> Ch
         width = positions.shape[0]
     elif mlp_t is not None:
         width = mlp_t.shape[1]
-    seq_len = width - puzzle_emb_len(arch) if width is not None else None
+    seq_len = width - puzzle_rows(arch) if width is not None else None  # the model's puzzle rows come first
     return CheckpointShape(vocab_size=tokens.shape[0] if tokens is not None else None, seq_len=seq_len,
                            num_puzzle_identifiers=puzzles.shape[0] if puzzles is not None else None)
 
@@ -134,16 +111,6 @@ class LoadedCheckpoint:
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
-def build_head(arch: Dict[str, Any], metadata: PuzzleDatasetMetadata, batch_size: int, device: torch.device,
-               forward_dtype: str) -> nn.Module:
-    try:
-        config = SimpleNamespace(arch=ArchConfig.model_validate(arch), global_batch_size=batch_size)
-    except Exception as e:  # pydantic's report, shortened
-        raise ConfigError(f"arch: {str(e).splitlines()[0]} (give arch=<name> and arch.* overrides)") from None
-    with torch.device(device):
-        return create_loss_head(config, metadata, world_size=1, forward_dtype=forward_dtype)
-
-
 def load_checkpoint(path, device: torch.device, metadata: Optional[PuzzleDatasetMetadata] = None,
                     arch: Optional[Dict[str, Any]] = None, batch_size: int = 1, data_name: str = "",
                     forward_dtype: Optional[str] = None) -> LoadedCheckpoint:
@@ -158,7 +125,8 @@ def load_checkpoint(path, device: torch.device, metadata: Optional[PuzzleDataset
         arch = run_config["arch"]
     arch = dict(arch)
     state = strip_compiled_prefix(read_weights_file(str(weights)))
-    shape = checkpoint_shape(state, arch)
+    schema = arch_config(arch)
+    shape = checkpoint_shape(state, schema)
 
     trained = None
     for data_path in (test_split_paths(run_config) if run_config else [])[:1]:
@@ -172,17 +140,15 @@ def load_checkpoint(path, device: torch.device, metadata: Optional[PuzzleDataset
             if shape.vocab_size is None or shape.seq_len is None:
                 raise InputError(f"cannot tell the sequence length of '{weights}' (its training data is not on disk): "
                                  f"give data_paths=[<dataset it was trained on>]")
-            metadata = PuzzleDatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0,
-                                             vocab_size=shape.vocab_size, seq_len=shape.seq_len,
-                                             num_puzzle_identifiers=shape.num_puzzle_identifiers or 1, total_groups=1,
-                                             mean_puzzle_examples=1.0, total_puzzles=1, sets=["all"])
+            metadata = sizes_metadata(shape.vocab_size, shape.seq_len, shape.num_puzzle_identifiers or 1)
     else:
         check_dataset_fits(metadata, shape, data_name or "given", trained)
     if shape.num_puzzle_identifiers is not None:  # index the checkpoint's table as it is
         metadata = metadata.model_copy(update={"num_puzzle_identifiers": shape.num_puzzle_identifiers})
 
     forward_dtype = resolve_forward_dtype(forward_dtype or arch.get("forward_dtype", "bfloat16"), device)
-    head = build_head(arch, metadata, batch_size, device, forward_dtype)
+    with torch.device(device):
+        head = build_loss_head(schema, metadata, batch_size, forward_dtype)
     try:
         load_reference_checkpoint(head, state)
     except ValueError as e:

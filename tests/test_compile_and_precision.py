@@ -5,8 +5,8 @@ import torch
 import torch._dynamo
 
 import utils.device as device_module
-from training.config import ConfigError
 from utils.device import choose_forward_dtype, compile_failures_stop_the_run, maybe_compile
+from utils.errors import ConfigError
 
 
 @pytest.mark.parametrize("capability, expected", [((6, 0), "float32"), ((7, 0), "float32"), ((7, 5), "float32"),

@@ -15,9 +15,10 @@ from models.loading import InputError
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
 from tests.helpers import ROOT, build_sudoku4
 from training.builders import fit_evaluators
-from training.checkpoint import STATE_FORMAT, prepare_resume
-from training.config import ConfigError, EvaluatorConfig, sweep_run_name, validate_config
+from training.checkpoint import STATE_FORMAT
+from training.config import EvaluatorConfig, prepare_resume, sweep_run_name, validate_config
 from training.data_checks import check_run_data, planned_steps
+from utils.errors import ConfigError
 
 
 def composed(overrides):
@@ -111,7 +112,7 @@ def test_custom_datasets_encode_and_decode_by_their_vocabulary(tmp_path):
 
 
 def test_a_changed_arch_on_resume_names_only_what_changed():
-    from training.checkpoint import describe_change
+    from training.config import describe_change
     assert describe_change("arch", {"hidden_size": 32, "L_layers": 2}, {"hidden_size": 64, "L_layers": 2}) == \
         "arch.hidden_size was 32, now 64"
     assert describe_change("epochs", 10, 20) == "epochs was 10, now 20"
@@ -122,13 +123,12 @@ def test_the_solver_reads_a_custom_dataset_by_its_vocabulary(tmp_path):
     import subprocess
     import sys
     from inference.api import Solver
-    from tests.helpers import ENV
-    from _tiny_checkpoint import TINY_ARCH
+    from tests.helpers import QUIET_ENV, TINY_ARCH
     data, run = tmp_path / "add", tmp_path / "run"
     build_arithmetic_dataset.main(["--digits", "2", "--num-train", "64", "--num-test", "8", "--output-dir", str(data)])
     trained = subprocess.run([sys.executable, str(ROOT / "pretrain.py"), f"data_paths=[{data}]", "evaluators=[]",
                               "global_batch_size=16", "epochs=2", "eval_interval=2", "device=cpu", *TINY_ARCH,
-                              f"+checkpoint_path={run}"], cwd=tmp_path, env=dict(ENV, OMP_NUM_THREADS="1"),
+                              f"+checkpoint_path={run}"], cwd=tmp_path, env=QUIET_ENV,
                              capture_output=True, text=True, timeout=600)
     assert trained.returncode == 0, trained.stderr[-2000:]
     solver = Solver.from_checkpoint(run, device="cpu")

@@ -1,15 +1,15 @@
-"""Validated training configuration (SPEC §2 plus our own keys)."""
+"""Validated training configuration (SPEC §2 plus our own keys), and a resumed run's: the saved config with this
+command line's keys on top."""
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import pydantic
+from omegaconf import OmegaConf
 
-from utils.errors import UserError
-
-
-class ConfigError(UserError):
-    """A configuration problem, stated in one line."""
+from models.build import ArchConfig, OpenConfig
+from training.checkpoint import read_resume_state
+from utils.errors import ConfigError
 
 
 # Values that would train nothing, or train on garbage, without any error of their own.
@@ -25,21 +25,7 @@ class _Strict(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
 
 
-class _Open(pydantic.BaseModel):
-    # Extra keys are passed through to the model / loss / evaluator (SPEC §3a).
-    model_config = pydantic.ConfigDict(extra="allow")
-
-
-class LossConfig(_Open):
-    name: str
-
-
-class ArchConfig(_Open):
-    name: str
-    loss: LossConfig
-
-
-class EvaluatorConfig(_Open):
+class EvaluatorConfig(OpenConfig):
     name: str
 
 
@@ -166,3 +152,66 @@ def validate_config(raw: Dict[str, Any]) -> PretrainConfig:
         return PretrainConfig.model_validate(raw)
     except pydantic.ValidationError as e:
         raise ConfigError(format_validation_error(e)) from None
+
+
+# ------------------------------------------------------------------ resuming a run
+# Keys a resumed run may not change: the saved weights, optimizer and sampler position would no longer fit.
+FIXED_ON_RESUME = ("arch", "data_paths", "global_batch_size", "epochs", "eval_interval", "seed", "ema", "freeze_weights")
+# What a file of config/data/ sets (at the top level, so `data=<name>` on a resumed run stands for these keys).
+DATA_GROUP_KEYS = ("data_paths", "data_build", "evaluators")
+
+
+def override_keys(overrides: Sequence[str]) -> List[str]:
+    """Keys set on the command line (Hydra syntax), e.g. ['lr', 'arch.hidden_size']."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    return [o.key_or_group for o in OverridesParser.create().parse_overrides(list(overrides)) if not o.is_delete()]
+
+
+def _fixed_view(config: PretrainConfig, key: str) -> Any:
+    value = getattr(config, key)
+    if key == "arch":  # the forward dtype may change between machines (e.g. a GPU run continued on CPU)
+        return {k: v for k, v in value.model_dump().items() if k != "forward_dtype"}
+    return value
+
+
+def resumed_config(saved: Dict[str, Any], command_line: Dict[str, Any], overrides: Sequence[str],
+                   path: str) -> PretrainConfig:
+    """The saved run's config, with the keys given on this command line on top; keys that would not fit the
+    saved state (FIXED_ON_RESUME) must stay as they were."""
+    saved = {**saved, "load_checkpoint": None}  # a resumed run's weights come from its state
+    merged = OmegaConf.create(saved)
+    merged.checkpoint_path = os.path.dirname(path)  # the run continues where its state is, even if moved
+    given = OmegaConf.create(command_line)
+    keys = [k for key in override_keys(overrides) for k in (DATA_GROUP_KEYS if key == "data" else [key])]
+    for key in keys:
+        if key == "resume" or key.split(".")[0] in ("experiment", "hydra"):
+            continue
+        value = OmegaConf.select(given, key, default=None, throw_on_missing=False)
+        OmegaConf.update(merged, key, value, merge=False, force_add=True)
+    raw = OmegaConf.to_container(merged, resolve=True)
+    raw["resume"] = path
+    config = validate_config(raw).fill_defaults()
+    before = validate_config(saved)
+    changed = [k for k in FIXED_ON_RESUME if _fixed_view(config, k) != _fixed_view(before, k)]
+    if changed:
+        k = changed[0]
+        raise ConfigError(f"resume: {describe_change(k, _fixed_view(before, k), _fixed_view(config, k))} since '{path}'; "
+                          f"{', '.join(changed)} cannot change when resuming (start a new run with +load_checkpoint=... instead)")
+    return config
+
+
+def describe_change(key: str, before: Any, after: Any) -> str:
+    """`arch.hidden_size was 32, now 64`: only the entries that differ, not whole dicts."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return "; ".join(f"{key}.{k} was {before.get(k)!r}, now {after.get(k)!r}"
+                         for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k))
+    return f"{key} was {before!r}, now {after!r}"
+
+
+def prepare_resume(command_line: Dict[str, Any], overrides: Sequence[str]) -> Tuple[PretrainConfig, Dict[str, Any]]:
+    """Find and read the checkpoint `resume=` names; return the run's config and its training state. `latest`
+    looks under the run's own +checkpoint_path= when one is given."""
+    config = validate_config(command_line)
+    runs_dir = config.checkpoint_path or os.path.join("checkpoints", config.fill_defaults().project_name)
+    state = read_resume_state(config.resume, runs_dir)
+    return resumed_config(state["config"], command_line, overrides, state["path"]), state

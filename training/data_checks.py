@@ -4,7 +4,8 @@ import os
 from typing import Dict, List, Optional
 
 from dataset.validate import check_dataset
-from training.config import ConfigError, PretrainConfig
+from training.config import PretrainConfig
+from utils.errors import ConfigError
 
 # Entries of one pass's group order (int64) before it would take gigabytes of memory.
 MAX_GROUP_ORDER = 1 << 28

@@ -4,9 +4,9 @@ import contextlib
 import os
 from typing import Callable, Iterator, List
 
-from training.checkpoint import STATE_FILE, WEIGHTS_FILE
-from training.config import ConfigError
+from models.checkpoint_io import STATE_FILE, WEIGHTS_FILE
 from training.tracking import METRICS_FILE
+from utils.errors import ConfigError
 
 try:
     import fcntl

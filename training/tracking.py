@@ -1,4 +1,5 @@
-"""Metrics go to Weights & Biases (online, offline or disabled) and always to metrics.jsonl."""
+"""Metrics go to Weights & Biases (online, offline or disabled) and always to metrics.jsonl, which a resumed run
+first rewinds to its checkpoint."""
 import json
 import math
 import os
@@ -104,3 +105,32 @@ class Tracker:
         if self.run is not None:
             self.run.finish()
             self.run = None
+
+
+def logged_step(line: str) -> Optional[int]:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):  # a line cut short by a crash
+        return None
+
+
+def rewind_metrics(run_dir: str, step: int) -> None:
+    """Records logged after the checkpoint (by a run that crashed later) move to metrics.after_crash.jsonl, so
+    metrics.jsonl reads as if the run had never stopped."""
+    path = os.path.join(run_dir, METRICS_FILE)
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        lines = [line if line.endswith("\n") else line + "\n" for line in f if line.strip()]
+    steps = [logged_step(line) for line in lines]
+    keep = [line for line, s in zip(lines, steps) if s is not None and s <= step]
+    if len(keep) == len(lines):
+        return
+    with open(os.path.join(run_dir, "metrics.after_crash.jsonl"), "a") as f:
+        f.writelines(line for line, s in zip(lines, steps) if s is None or s > step)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -17,6 +17,10 @@ class UserError(Exception):
     """Bad input from the user; the message names the problem and the fix, in one line."""
 
 
+class ConfigError(UserError):
+    """A configuration problem (a key, or a file a key names), stated in one line."""
+
+
 def one_line(text: str) -> str:
     return " ".join(str(text).split())
 

@@ -55,6 +55,11 @@ class RecursiveModelConfig(pydantic.BaseModel):
         return self
 
 
+def puzzle_emb_rows(config: RecursiveModelConfig) -> int:
+    """Puzzle-embedding rows in front of the tokens: puzzle_emb_len, or for 0 ceil(puzzle_emb_ndim / hidden_size)."""
+    return config.puzzle_emb_len or -(config.puzzle_emb_ndim // -config.hidden_size)
+
+
 class ReasoningBlock(nn.Module):
     """Post-norm block: h = norm(h + mixer(h)); h = norm(h + mlp(h)). The mixer is attention, or with mlp_t a
     SwiGLU across the sequence, whose residual norm (as in the reference) also runs across the sequence."""
@@ -102,7 +107,7 @@ class RecursiveInnerBase(nn.Module):
         self.embed_scale = math.sqrt(D)
         embed_init_std = 1.0 / self.embed_scale
 
-        self.puzzle_emb_len = config.puzzle_emb_len or -(config.puzzle_emb_ndim // -D)
+        self.puzzle_emb_len = puzzle_emb_rows(config)
         self.total_seq_len = config.seq_len + self.puzzle_emb_len
 
         self.embed_tokens = CastedEmbedding(config.vocab_size, D, init_std=embed_init_std, cast_to=self.forward_dtype)
