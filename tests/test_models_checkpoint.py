@@ -85,3 +85,29 @@ def test_ablation_initial_vectors_are_separate_draws_in_the_reference_order():
     assert torch.equal(hier6.H_init, trm.H_init) and torch.equal(hier6.L1_init, trm.L_init)
     latents = [getattr(hier6, f"L{i}_init") for i in range(1, 7)]
     assert all(not torch.equal(a, b) for i, a in enumerate(latents) for b in latents[i + 1:])
+
+
+TINY_ARCHS = {
+    "hrm_learned": dict(name="recursive_reasoning.hrm@HierarchicalReasoningModel_ACTV1", H_layers=1, pos_encodings="learned"),
+    "trm_mlp_t": dict(name="recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1", mlp_t=True, pos_encodings="none"),
+    "trm_mlp_t_auto_rows": dict(name="recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1", mlp_t=True,
+                                pos_encodings="none", puzzle_emb_len=0),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TINY_ARCHS))
+def test_a_run_whose_data_is_gone_loads_with_its_seq_len_from_the_weights(tmp_path, kind):
+    from omegaconf import OmegaConf
+    from models.build import build_loss_head, sizes_metadata
+    from models.checkpoint_io import save_weights
+    from models.loading import load_checkpoint
+    arch = dict(loss=dict(name="losses@ACTLossHead"), H_cycles=1, L_cycles=1, L_layers=1, hidden_size=16, expansion=2,
+                num_heads=2, puzzle_emb_ndim=16, halt_max_steps=2, halt_exploration_prob=0.1, forward_dtype="float32",
+                **TINY_ARCHS[kind])  # puzzle_emb_len left to the model's own default (HRM: derived, TRM: 16)
+    source = build_loss_head(arch, sizes_metadata(vocab_size=6, seq_len=9, num_puzzle_identifiers=3), 2, "float32")
+    run = tmp_path / "run"
+    save_weights(source, str(run), 3)
+    OmegaConf.save(OmegaConf.create({"arch": arch, "data_paths": [str(tmp_path / "gone")]}), run / "all_config.yaml")
+    loaded = load_checkpoint(run, torch.device("cpu"))
+    assert loaded.metadata.seq_len == 9 and loaded.metadata.vocab_size == 6 and loaded.step == 3
+    assert loaded.head.model.inner.puzzle_emb_len == source.model.inner.puzzle_emb_len
