@@ -1,8 +1,6 @@
 """pretrain.py end to end on CPU: a tiny run learns, the paper's command lines build, bad input fails early."""
-import json
 import re
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -10,22 +8,16 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from dataset.format import PuzzleDatasetMetadata
-from training.builders import create_loss_head
+from models.build import build_loss_head
 from training.config import validate_config
-from tests.helpers import ENV, ROOT, build_sudoku4
+from tests.helpers import ENV, ROOT, pretrain_command, read_metrics, tiny_arch
 
-TINY_ARCH = ["arch.hidden_size=32", "arch.num_heads=2", "arch.expansion=2", "arch.puzzle_emb_ndim=32",
-             "arch.H_cycles=2", "arch.L_cycles=2", "arch.halt_max_steps=2", "arch.forward_dtype=float32"]
+TINY_ARCH = tiny_arch(L_cycles=2, halt_max_steps=2)
 
 
 def run_pretrain(args, cwd, timeout=600):
-    return subprocess.run([sys.executable, str(ROOT / "pretrain.py"), *args], cwd=cwd, env=ENV,
+    return subprocess.run(pretrain_command(args), cwd=cwd, env=ENV,
                           capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def sudoku4(tmp_path_factory):
-    return build_sudoku4(tmp_path_factory.mktemp("data") / "sudoku4", n_train=200, n_test=32, num_aug=4)
 
 
 @pytest.mark.slow
@@ -36,7 +28,7 @@ def test_tiny_run_trains_and_its_loss_falls(sudoku4, tmp_path):
                            "device=cpu", f"+checkpoint_path={ckpt}", "arch.mlp_t=True", "arch.pos_encodings=none",
                            *TINY_ARCH], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    records = [json.loads(line) for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(ckpt)
     losses = [r["train/lm_loss"] for r in records if "train/lm_loss" in r]
     assert len(losses) >= 30
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
@@ -54,10 +46,10 @@ def test_tiny_run_trains_and_its_loss_falls(sudoku4, tmp_path):
 @pytest.mark.slow
 def test_compiled_run_says_it_compiles_how_long_it_took_and_its_threads(sudoku4, tmp_path):
     env = dict(ENV, DISABLE_COMPILE="0", OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, str(ROOT / "pretrain.py"), f"data_paths=[{sudoku4}]", "evaluators=[]",
-                             "global_batch_size=32", "epochs=2", "eval_interval=2", "device=cpu", "compile=True",
-                             f"+checkpoint_path={tmp_path / 'ckpt'}", *TINY_ARCH], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(pretrain_command([f"data_paths=[{sudoku4}]", "evaluators=[]", "global_batch_size=32", "epochs=2",
+                                              "eval_interval=2", "device=cpu", "compile=True",
+                                              f"+checkpoint_path={tmp_path / 'ckpt'}", *TINY_ARCH]),
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout + result.stderr
     assert "torch.compile: the model compiles on its first steps" in out
@@ -104,7 +96,7 @@ def test_spec_command_lines_build_their_models(name):
     config = validate_config(raw)
     metadata = PuzzleDatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=vocab, seq_len=seq_len,
                                      num_puzzle_identifiers=3, total_groups=1, mean_puzzle_examples=1, total_puzzles=1, sets=["all"])
-    head = create_loss_head(config, metadata, world_size=1, forward_dtype="float32")
+    head = build_loss_head(config.arch, metadata, config.global_batch_size, forward_dtype="float32")
     batch = {"inputs": torch.randint(0, vocab, (4, seq_len), dtype=torch.int32),
              "labels": torch.randint(0, vocab, (4, seq_len), dtype=torch.int32),
              "puzzle_identifiers": torch.zeros(4, dtype=torch.int32)}
