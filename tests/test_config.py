@@ -76,3 +76,40 @@ def test_bad_config_fails_with_one_line(overrides, message):
         validate_config(compose_raw(overrides))
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------- config/data: one file per dataset
+
+@pytest.mark.parametrize("name, paths, evaluators", [
+    ("arc1", ["data/arc1concept-aug-1000"], ["arc@ARC"]),
+    ("arc2", ["data/arc2concept-aug-1000"], ["arc@ARC"]),
+    ("sudoku_extreme", ["data/sudoku-extreme-1k-aug-1000"], ["sudoku@Sudoku"]),
+    ("maze_hard", ["data/maze-30x30-hard-1k"], ["maze@Maze"]),
+    ("sudoku6_quick", ["data/sudoku6-quick"], ["sudoku@Sudoku"]),
+])
+def test_data_group_composes_to_its_paths(name, paths, evaluators):
+    config = validate_config(compose_raw([f"data={name}"]))
+    assert config.data_paths == paths and [e.name for e in config.evaluators] == evaluators
+
+
+def test_every_data_file_sets_the_data_keys_and_nothing_else():
+    from training.config import DATA_GROUP_KEYS
+    names = sorted(p.stem for p in Path(CONFIG_DIR, "data").glob("*.yaml"))
+    assert {"arc1", "arc2", "sudoku_extreme", "maze_hard", "sudoku6_quick"} <= set(names)
+    for name in names:
+        assert set(OmegaConf.load(Path(CONFIG_DIR, "data", f"{name}.yaml"))) == set(DATA_GROUP_KEYS), name
+
+
+def test_the_default_data_is_arc1_and_single_keys_still_override_it():
+    assert compose_raw([]) == compose_raw(["data=arc1"])
+    raw = compose_raw(["data=sudoku_extreme", "data_paths=[data/mine]", "evaluators=[]"])
+    assert raw["data_paths"] == ["data/mine"] and raw["evaluators"] == [] and raw["data_build"] is None
+
+
+def test_a_resumed_run_may_repeat_its_data_group_but_not_change_it():
+    from training.config import resumed_config
+    saved = compose_raw(["data=sudoku_extreme", "+run_name=r"])
+    same, other = ["data=sudoku_extreme", "resume=x"], ["data=maze_hard", "resume=x"]
+    assert resumed_config(saved, compose_raw(same), same, "run/state_1.pt").data_paths == saved["data_paths"]
+    with pytest.raises(ConfigError, match="data_paths cannot change when resuming"):
+        resumed_config(saved, compose_raw(other), other, "run/state_1.pt")
