@@ -17,6 +17,20 @@ torch.set_num_threads(1)
 TEST_DEVICE = os.environ.get("TEST_DEVICE", "cpu")
 
 
+@pytest.fixture(scope="session")
+def sudoku4(tmp_path_factory):
+    """A generated 4x4 Sudoku dataset (200 train puzzles x 4 augmentations, 32 test); tests copy it to change it."""
+    from tests.helpers import build_sudoku4
+    return build_sudoku4(tmp_path_factory.mktemp("data") / "sudoku4", n_train=200, n_test=32, num_aug=4)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> dict:
+    """One tiny trained checkpoint shared by the evaluate, inference and bad-input tests (tests.helpers.tiny_checkpoint)."""
+    from tests.helpers import tiny_checkpoint
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny_run"))
+
+
 @pytest.fixture
 def device() -> torch.device:
     from utils.device import pick_device

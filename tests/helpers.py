@@ -1,12 +1,41 @@
-"""What the command-line tests share: the repository root, a quiet environment and small generated datasets."""
+"""What the tests share: the repository root, a quiet environment, command lines, small generated datasets, a tiny
+network and one tiny trained checkpoint (tests/conftest.py turns the expensive ones into fixtures)."""
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import List, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 # No W&B, no compile: subprocess runs stay offline and start in seconds.
 ENV = dict(os.environ, WANDB_MODE="disabled", DISABLE_COMPILE="1", HYDRA_FULL_ERROR="0")
+# One thread per subprocess: the test machine's few cores are shared by every run a test starts.
+QUIET_ENV = dict(ENV, OMP_NUM_THREADS="1")
+
+
+def tiny_arch(**changes) -> List[str]:
+    """Hydra overrides for a TRM of a few thousand weights; keyword arguments change or add arch keys."""
+    arch = {"hidden_size": 32, "num_heads": 2, "expansion": 2, "puzzle_emb_ndim": 32, "H_cycles": 2, "L_cycles": 1,
+            "halt_max_steps": 4, "forward_dtype": "float32", **changes}
+    return [f"arch.{key}={value}" for key, value in arch.items()]
+
+
+# The tiny checkpoint's network: an MLP across the sequence and no positions, the fastest to train on a CPU.
+TINY_ARCH = tiny_arch(mlp_t=True, pos_encodings="none")
+
+
+def pretrain_command(args: Sequence[str], nproc: int = 1) -> List[str]:
+    """`python pretrain.py <args>`, or with nproc > 1 the same under torchrun on this machine."""
+    if nproc == 1:
+        return [sys.executable, str(ROOT / "pretrain.py"), *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--rdzv_backend=c10d",
+            "--rdzv_endpoint=localhost:0", "--nnodes=1", str(ROOT / "pretrain.py"), *args]
+
+
+def read_metrics(run_dir: Path) -> List[dict]:
+    """The records of a run's metrics.jsonl, in order."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def build_sudoku4(out: Path, n_train: int, n_test: int, num_aug: int, seed: int = 1) -> Path:
@@ -25,6 +54,25 @@ def tiny_head(hidden_size=16, num_puzzle_identifiers=4):
         batch_size=3, seq_len=4, vocab_size=5, num_puzzle_identifiers=num_puzzle_identifiers, H_cycles=1, L_cycles=1,
         L_layers=1, hidden_size=hidden_size, expansion=2, num_heads=2, pos_encodings="rope", puzzle_emb_ndim=hidden_size,
         halt_max_steps=4, halt_exploration_prob=0.5, forward_dtype="float32")), loss_type="softmax_cross_entropy")
+
+
+def tiny_checkpoint(base: Path) -> dict:
+    """Train a tiny TRM on a generated 4x4 Sudoku under `base` with pretrain.py, as a user runs it.
+    Returns {'data': dataset dir, 'run': run dir holding step_<N> and all_config.yaml, 'final_eval': the last eval}."""
+    data, run = base / "sudoku4", base / "run"
+    build_sudoku4(data, n_train=100, n_test=40, num_aug=3)
+    result = subprocess.run(pretrain_command([f"data_paths=[{data}]", "evaluators=[{name: sudoku@Sudoku}]",
+                                              "global_batch_size=16", "epochs=2", "eval_interval=2", "lr=1e-3",
+                                              "lr_warmup_steps=5", "ema=True", "ema_rate=0.9", "device=cpu",
+                                              f"+checkpoint_path={run}", *TINY_ARCH]),
+                            cwd=base, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(data=data, run=run, final_eval=[r for r in read_metrics(run) if "all/exact_accuracy" in r][-1])
+
+
+def run_evaluate(args, cwd, timeout=300):
+    return subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def free_port() -> int:

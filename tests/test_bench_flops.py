@@ -42,13 +42,18 @@ def test_attention_block_counts_quadratic_mixing():
     assert mixing(longer) == 4 * mixing(shape)   # twice the positions: four times the QK^T and AV work
 
 
+def run_mfu(out, *flags):
+    """`python -m bench.mfu` for two steps of a tiny quickstart model on the CPU, its rows written to `out`."""
+    tiny = ["arch.hidden_size=16", "arch.num_heads=2", "arch.L_cycles=1", "arch.H_cycles=2", "arch.halt_max_steps=2"]
+    return subprocess.run([sys.executable, "-m", "bench.mfu", "--case", "quickstart", "--batch-size", "4", "--steps", "2",
+                           "--warmup", "1", "--compile", "off", "--device", "cpu", "--peak-seconds", "0.02", *flags,
+                           "--json", str(out), "--override", *tiny], capture_output=True, text=True, timeout=300)
+
+
 def test_mfu_command_line_reports_a_consistent_row(tmp_path):
     """`python -m bench.mfu` end to end on a tiny quickstart model: the table, and JSON whose figures agree."""
     out = tmp_path / "mfu.json"
-    tiny = ["arch.hidden_size=16", "arch.num_heads=2", "arch.L_cycles=1", "arch.H_cycles=2", "arch.halt_max_steps=2"]
-    run = subprocess.run([sys.executable, "-m", "bench.mfu", "--case", "quickstart", "--batch-size", "4", "--steps", "2",
-                          "--warmup", "1", "--compile", "off", "--device", "cpu", "--peak-seconds", "0.02",
-                          "--json", str(out), "--override", *tiny], capture_output=True, text=True, timeout=300)
+    run = run_mfu(out)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "| quickstart |" in run.stdout
     [row] = json.loads(out.read_text())
@@ -61,10 +66,7 @@ def test_mfu_command_line_reports_a_consistent_row(tmp_path):
 
 def test_mfu_versus_plain_times_both_networks_and_reports_the_ratio(tmp_path):
     out = tmp_path / "mfu.json"
-    tiny = ["arch.hidden_size=16", "arch.num_heads=2", "arch.L_cycles=1", "arch.H_cycles=2", "arch.halt_max_steps=2"]
-    run = subprocess.run([sys.executable, "-m", "bench.mfu", "--case", "quickstart", "--batch-size", "4", "--steps", "2",
-                          "--warmup", "1", "--compile", "off", "--device", "cpu", "--peak-seconds", "0.02", "--versus-plain",
-                          "--json", str(out), "--override", *tiny], capture_output=True, text=True, timeout=300)
+    run = run_mfu(out, "--versus-plain")
     assert run.returncode == 0, run.stderr[-2000:]
     assert "speed-up" in run.stdout.splitlines()[0]
     assert "plain train step 3/3" in run.stderr and "ours train step 3/3" in run.stderr

@@ -21,18 +21,14 @@ from training.checkpoint import (STATE_FORMAT, atomic_torch_save, capture_rng, f
                                  read_training_state, remove_stale_temporaries, restore_carry, restore_rng,
                                  resumed_config, save_weights, to_plain)
 from training.config import ConfigError
-from tests.helpers import build_sudoku4, tiny_head
+from tests.helpers import QUIET_ENV, ROOT, TINY_ARCH, pretrain_command, read_metrics, tiny_head
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, WANDB_MODE="disabled", DISABLE_COMPILE="1", HYDRA_FULL_ERROR="0", OMP_NUM_THREADS="1")
 TINY = ["evaluators=[]", "global_batch_size=32", "epochs=4", "eval_interval=2", "lr=1e-3", "lr_warmup_steps=5",
-        "ema=True", "ema_rate=0.9", "device=cpu", "arch.hidden_size=32", "arch.num_heads=2", "arch.expansion=2",
-        "arch.puzzle_emb_ndim=32", "arch.H_cycles=2", "arch.L_cycles=1", "arch.halt_max_steps=4",
-        "arch.forward_dtype=float32", "arch.mlp_t=True", "arch.pos_encodings=none"]
+        "ema=True", "ema_rate=0.9", "device=cpu", *TINY_ARCH]
 
 
 def pretrain(args, cwd, **kwargs):
-    return subprocess.Popen([sys.executable, str(ROOT / "pretrain.py"), *args], cwd=cwd, env=ENV,
+    return subprocess.Popen(pretrain_command(args), cwd=cwd, env=QUIET_ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
@@ -42,17 +38,8 @@ def run_pretrain(args, cwd):
     return process.returncode, out, err
 
 
-def metrics(run_dir: Path):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 def files(run_dir: Path, prefix: str):
     return sorted(int(p.name.split("_")[1].split(".")[0]) for p in run_dir.glob(f"{prefix}_*") if not p.name.startswith("."))
-
-
-@pytest.fixture(scope="module")
-def sudoku4(tmp_path_factory):
-    return build_sudoku4(tmp_path_factory.mktemp("data") / "sudoku4", n_train=200, n_test=32, num_aug=4)
 
 
 @pytest.fixture(scope="module")
@@ -74,20 +61,20 @@ def test_sigterm_then_resume_equals_the_uninterrupted_run(sudoku4, uninterrupted
     run = tmp_path / "interrupted"
     process = pretrain([f"data_paths=[{sudoku4}]", *TINY, "checkpoint_interval=5", f"+checkpoint_path={run}"], cwd=tmp_path)
     deadline = time.time() + 120
-    while not ((run / "metrics.jsonl").exists() and len(metrics(run)) >= 8) and time.time() < deadline:
+    while not ((run / "metrics.jsonl").exists() and len(read_metrics(run)) >= 8) and time.time() < deadline:
         assert process.poll() is None, process.communicate()[1][-3000:]
         time.sleep(0.02)
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, err[-3000:]
-    stopped_at = metrics(run)[-1]["step"]
+    stopped_at = read_metrics(run)[-1]["step"]
     assert stopped_at < 24 and files(run, "state")[-1] == stopped_at, "the step in progress finishes, then a checkpoint"
     assert f"Stopped by SIGTERM at step {stopped_at}" in out
 
     rc, out, err = run_pretrain([f"resume={run}"], cwd=tmp_path)
     assert rc == 0, err[-3000:]
     assert f"Resumed {run} at step {stopped_at}" in out
-    assert metrics(run) == metrics(uninterrupted), "losses, accuracies, lr and evaluations equal at every step"
+    assert read_metrics(run) == read_metrics(uninterrupted), "losses, accuracies, lr and evaluations equal at every step"
     assert_same_weights(run / "step_24", uninterrupted / "step_24")
     # checkpoint_keep=2: the newest two states; evaluation weights (12, 24) stay, others go with their state
     assert files(run, "state") == [20, 24] and files(run, "step") == [12, 20, 24]
@@ -104,7 +91,7 @@ def test_resume_after_a_crash_drops_the_lost_steps_and_continues_exactly(uninter
         f.write('{"step": 25, "train/lm_')  # killed mid-write
     rc, out, err = run_pretrain([f"resume={run / 'step_12'}"], cwd=tmp_path)
     assert rc == 0, err[-3000:]
-    assert metrics(run) == metrics(uninterrupted)
+    assert read_metrics(run) == read_metrics(uninterrupted)
     assert len((run / "metrics.after_crash.jsonl").read_text().splitlines()) == 14  # steps 13-24, the eval at 24, the cut line
     assert_same_weights(run / "step_24", uninterrupted / "step_24")
 
@@ -143,7 +130,7 @@ def test_sigkill_during_a_save_leaves_the_previous_file_loadable(tmp_path):
               "    print(i, flush=True)\n")
     killed_mid_save = 0
     for attempt in range(8):
-        process = subprocess.Popen([sys.executable, "-c", writer, str(target)], cwd=ROOT, env=ENV,
+        process = subprocess.Popen([sys.executable, "-c", writer, str(target)], cwd=ROOT, env=QUIET_ENV,
                                    stdout=subprocess.PIPE, text=True)
         assert process.stdout.readline().strip() == "1"  # one complete version on disk
         time.sleep(0.05 + 0.03 * attempt)
@@ -272,12 +259,12 @@ def test_resume_from_a_checkpoint_taken_while_prefetching_equals_the_uninterrupt
     rc, _, err = run_pretrain([f"data_paths=[{sudoku4}]", *TINY, "prefetch_batches=3", "checkpoint_interval=5",
                                "checkpoint_keep=null", f"+checkpoint_path={run}"], cwd=tmp_path)
     assert rc == 0, err[-3000:]
-    assert metrics(run) == metrics(uninterrupted), "reading ahead changes no batch"
+    assert read_metrics(run) == read_metrics(uninterrupted), "reading ahead changes no batch"
     # Step 5 is mid-pass (12 steps each) with up to 3 batches read ahead: the state must count the 5 consumed.
     rc, out, err = run_pretrain([f"resume={run / 'state_5.pt'}"], cwd=tmp_path)
     assert rc == 0, err[-3000:]
     assert f"Resumed {run} at step 5" in out
-    assert metrics(run) == metrics(uninterrupted)
+    assert read_metrics(run) == read_metrics(uninterrupted)
     assert_same_weights(run / "step_24", uninterrupted / "step_24")
 
 

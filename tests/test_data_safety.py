@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from _tiny_checkpoint import TINY_ARCH, tiny_checkpoint
 from dataset import build_sudoku_dataset
 from dataset.format import DatasetError, set_array_path
-from tests.helpers import ENV, ROOT, build_sudoku4
+from tests.helpers import QUIET_ENV, ROOT, TINY_ARCH, build_sudoku4, pretrain_command
 from training.run_dir import run_lock
 
-QUIET = dict(ENV, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))  # -m from any working directory
+QUIET = dict(QUIET_ENV, PYTHONPATH=str(ROOT))  # -m from any working directory
 
 
 def snapshot(directory: Path) -> dict:
@@ -45,7 +44,7 @@ def sudoku_builder(*args, cwd=ROOT):
 
 
 def pretrain(args, cwd):
-    return subprocess.run([sys.executable, str(ROOT / "pretrain.py"), *args], cwd=cwd, env=QUIET,
+    return subprocess.run(pretrain_command(args), cwd=cwd, env=QUIET,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -53,11 +52,6 @@ def dead_pid() -> int:
     process = subprocess.Popen(["true"])
     process.wait()
     return process.pid
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory)
 
 
 @pytest.fixture

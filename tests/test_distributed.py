@@ -1,41 +1,34 @@
 """torchrun with Gloo on CPU: 2 processes train exactly like 1 on the same global batch."""
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.helpers import ROOT, build_sudoku4
+from tests.helpers import ENV, QUIET_ENV, ROOT, build_sudoku4, pretrain_command, read_metrics, tiny_arch
 
-TINY = ["arch.hidden_size=32", "arch.num_heads=2", "arch.expansion=2", "arch.puzzle_emb_ndim=32", "arch.H_cycles=2",
-        "arch.L_cycles=2", "arch.halt_max_steps=3", "arch.forward_dtype=float32",
-        # exploration draws per-rank random numbers; without it the run is deterministic given the weights
-        "arch.halt_exploration_prob=0.0"]
+# exploration draws per-rank random numbers; without it the run is deterministic given the weights
+TINY = tiny_arch(L_cycles=2, halt_max_steps=3, halt_exploration_prob=0.0)
 
 
 @pytest.fixture(scope="module")
-def sudoku4(tmp_path_factory):
+def small_sudoku4(tmp_path_factory):
+    """Fewer puzzles than the shared sudoku4: two epochs on 1 and on 2 ranks stay short."""
     return build_sudoku4(tmp_path_factory.mktemp("data") / "sudoku4", n_train=64, n_test=16, num_aug=3, seed=2)
 
 
 def train(nproc, data, ckpt, extra=()):
-    env = dict(os.environ, WANDB_MODE="disabled", DISABLE_COMPILE="1", OMP_NUM_THREADS="1")
     args = [f"data_paths=[{data}]", "evaluators=[]", "global_batch_size=16", "epochs=2", "eval_interval=2",
             "lr=1e-3", "lr_warmup_steps=2", "device=cpu", f"+checkpoint_path={ckpt}", *TINY, *extra]
-    if nproc == 1:
-        cmd = [sys.executable, str(ROOT / "pretrain.py"), *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--rdzv_backend=c10d",
-               "--rdzv_endpoint=localhost:0", "--nnodes=1", str(ROOT / "pretrain.py"), *args]
-    return subprocess.run(cmd, cwd=ckpt.parent, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(pretrain_command(args, nproc), cwd=ckpt.parent, env=QUIET_ENV, capture_output=True, text=True,
+                          timeout=300)
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(sudoku4, tmp_path):
+def test_two_processes_match_one(small_sudoku4, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     for nproc, ckpt in ((1, one), (2, two)):
-        result = train(nproc, sudoku4, ckpt)
+        result = train(nproc, small_sudoku4, ckpt)
         assert result.returncode == 0, result.stderr[-3000:]
     files = sorted(p.name for p in one.glob("step_*"))
     assert files and files == sorted(p.name for p in two.glob("step_*"))
@@ -46,8 +39,7 @@ def test_two_processes_match_one(sudoku4, tmp_path):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=lambda m: f"{key}: {m}")
     # the per-step training losses agree as well
-    import json
-    losses = [[json.loads(line).get("train/lm_loss") for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (one, two)]
+    losses = [[record.get("train/lm_loss") for record in read_metrics(d)] for d in (one, two)]
     assert len(losses[0]) == len(losses[1]) > 5
     for x, y in zip(*losses):
         assert (x is None and y is None) or x == pytest.approx(y, rel=1e-4)
@@ -84,11 +76,10 @@ def test_slurm_tasks_get_torch_distributed_ranks(monkeypatch):
 
 
 @pytest.mark.slow
-def test_local_multirun_sweep_runs_each_point(sudoku4, tmp_path):
-    env = dict(os.environ, WANDB_MODE="disabled", DISABLE_COMPILE="1")
-    result = subprocess.run([sys.executable, str(ROOT / "pretrain.py"), "-m", "arch.L_cycles=1,2", f"data_paths=[{sudoku4}]",
-                             "evaluators=[]", "global_batch_size=16", "epochs=1", "eval_interval=1", "device=cpu", *TINY[:3]],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+def test_local_multirun_sweep_runs_each_point(small_sudoku4, tmp_path):
+    sweep = ["-m", "arch.L_cycles=1,2", f"data_paths=[{small_sudoku4}]", "evaluators=[]", "global_batch_size=16",
+             "epochs=1", "eval_interval=1", "device=cpu", *TINY[:3]]
+    result = subprocess.run(pretrain_command(sweep), cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list((tmp_path / "checkpoints").glob("*/*/all_config.yaml"))
     assert sorted(r.read_text().count("L_cycles: 1") + 2 * r.read_text().count("L_cycles: 2") for r in runs) == [1, 2]

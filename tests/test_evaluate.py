@@ -7,12 +7,7 @@ import numpy as np
 import pytest
 
 from dataset.format import set_array_path
-from _tiny_checkpoint import TINY_ARCH, run_evaluate, tiny_checkpoint
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory)
+from tests.helpers import TINY_ARCH, run_evaluate
 
 
 def one_line_error(result) -> str:

@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _tiny_checkpoint import run_evaluate
-from tests.helpers import read_set
+from tests.helpers import read_set, run_evaluate
 from tests._tiny_lm import build_text, last_step, load_decoder, metrics, pretrain, resume
 
 # 4 epochs of ~9 steps, an evaluation after epochs 2 and 4, a training state every 5 steps, all states kept

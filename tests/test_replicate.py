@@ -13,7 +13,7 @@ import torch
 from bench.replicate.study import StudyConfig, StudyError, compose_study, multirun_command, run_study
 from bench.replicate.table import (ModelSummary, RunResult, csv_table, effective_depth, markdown_table, mean_curve,
                                    pooled_accuracy, summarise)
-from tests.helpers import ENV, ROOT, build_sudoku4
+from tests.helpers import ENV, ROOT, build_sudoku4, read_metrics
 from training.budget import TrainingClock
 from training.config import ConfigError, validate_config
 from utils.distributed import DistInfo
@@ -138,7 +138,7 @@ def test_spent_budget_ends_the_run_like_its_last_pass(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Done: 1 steps" in out.stdout and "time budget of 1e-09 s reached" in out.stdout
     assert (run / "step_1").is_file() and (run / "state_1.pt").is_file()
-    evals = [json.loads(line) for line in open(run / "metrics.jsonl") if "all/count" in line]
+    evals = [record for record in read_metrics(run) if "all/count" in record]
     assert [e["step"] for e in evals] == [1] and evals[0]["time/train_seconds"] > 0
     again = subprocess.run([sys.executable, "pretrain.py", f"resume={run}"], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert again.returncode == 0 and "Done: 1 steps" in again.stdout, again.stderr[-2000:]

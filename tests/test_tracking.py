@@ -4,6 +4,7 @@ import time
 import pytest
 
 from training.config import validate_config
+from tests.helpers import read_metrics
 from training.tracking import Tracker, flatten_metrics, resolve_wandb_mode
 
 
@@ -47,7 +48,7 @@ def test_offline_run_leaves_a_run_directory_with_the_metrics(monkeypatch, tmp_pa
             break
         time.sleep(0.1)
     assert b"train/lm_loss" in history and b"test/exact_accuracy" in history
-    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metrics(tmp_path)
     assert lines == [{"step": 1, "train/lm_loss": 1.5}, {"step": 2, "test/exact_accuracy": 0.25}]
 
 
@@ -70,7 +71,7 @@ def test_metrics_file_stays_open_and_is_written_through_on_flush_interval_and_fi
     tracker.log({"a": 2}, step=2)
     monkeypatch.setattr(Tracker, "FLUSH_SECONDS", 0.0)
     tracker.log({"a": 3}, step=3)  # the interval has passed
-    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+    assert [record["step"] for record in read_metrics(tmp_path)] == [1, 2, 3]
     monkeypatch.setattr(Tracker, "FLUSH_SECONDS", 3600.0)
     tracker.log({"a": 4}, step=4)
     tracker.finish()

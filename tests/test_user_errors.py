@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from _tiny_checkpoint import TINY_ARCH, tiny_checkpoint
 from dataset.format import set_array_path
-from tests.helpers import ENV, ROOT, build_sudoku4
+from tests.helpers import QUIET_ENV, ROOT, TINY_ARCH, build_sudoku4, pretrain_command
 from utils.errors import exit_with, user_errors
 
 ARC_PREFIX = ROOT.parent / "shared" / "data" / "arc-agi" / "arc-agi"
@@ -49,11 +48,6 @@ def with_metadata(source: Path, target: Path, **changes) -> Path:
     meta_path = target / "train" / "dataset.json"
     meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), **changes}))
     return target
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +201,7 @@ def results(files, tiny):
     spec, out = files["base"] / "cases.json", files["base"] / "results.json"
     spec.write_text(json.dumps([{"cmd": cmd, "cwd": str(files["base"])} for _, cmd, _ in cases]))
     subprocess.run([sys.executable, str(ROOT / "tests" / "_cli_runner.py"), str(spec), str(out)], cwd=ROOT,
-                   env=dict(ENV, OMP_NUM_THREADS="1"), check=True, timeout=900)
+                   env=QUIET_ENV, check=True, timeout=900)
     after = {name: snapshot(files[name]) for name in ("good", "notes")} | {"run": snapshot(tiny["run"])}
     by_name = {name: (fragment, r) for (name, _, fragment), r in zip(cases, json.loads(out.read_text()))}
     return by_name, before, after
@@ -280,9 +274,8 @@ def test_other_exceptions_are_not_hidden():
 
 @pytest.mark.slow
 def test_under_torchrun_the_line_is_printed_once_and_no_rank_fails_on_its_own(tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--rdzv_backend=c10d",
-           "--rdzv_endpoint=localhost:0", "--nnodes=1", str(ROOT / "pretrain.py"), "lr=-1", "device=cpu"]
-    result = subprocess.run(cmd, cwd=tmp_path, env=dict(ENV, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    cmd = pretrain_command(["lr=-1", "device=cpu"], nproc=2)
+    result = subprocess.run(cmd, cwd=tmp_path, env=QUIET_ENV, capture_output=True, text=True, timeout=300)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert errors == ["error: bad config key 'lr' = -1: Input should be greater than 0"], result.stderr[-3000:]
     # torchrun's own report lists the ranks; none died of the other's exit (a closed connection) with a traceback
