@@ -1,4 +1,4 @@
-"""Exponential moving average of the trainable weights (SPEC §6); evaluation and saved weights use the EMA copy."""
+"""Exponential moving average of the trainable weights (docs/network.md#ema); evaluation and saved weights use the EMA copy."""
 import copy
 from typing import Dict
 

@@ -1,4 +1,4 @@
-"""Reference weights files (SPEC §6, §9): with or without `_orig_mod.`, new puzzle tables, clear mismatch errors."""
+"""Reference weights files (docs/checkpoints.md): with or without `_orig_mod.`, new puzzle tables, clear mismatch errors."""
 import pytest
 import torch
 

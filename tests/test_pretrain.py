@@ -77,7 +77,7 @@ def test_bad_arch_fails_with_one_line(sudoku4, tmp_path):
     assert len(lines) == 1 and "hidden_size" in lines[0] and "num_heads" in lines[0]
 
 
-SPEC_COMMAND_LINES = {
+REFERENCE_COMMAND_LINES = {
     "sudoku_mlp": (["arch=trm", "evaluators=[]", "epochs=50000", "eval_interval=5000", "lr=1e-4", "puzzle_emb_lr=1e-4",
                     "weight_decay=1.0", "puzzle_emb_weight_decay=1.0", "arch.mlp_t=True", "arch.pos_encodings=none",
                     "arch.L_layers=2", "arch.H_cycles=3", "arch.L_cycles=6", "+run_name=x", "ema=True"], 81, 11),
@@ -87,9 +87,9 @@ SPEC_COMMAND_LINES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(SPEC_COMMAND_LINES))
-def test_spec_command_lines_build_their_models(name):
-    overrides, seq_len, vocab = SPEC_COMMAND_LINES[name]
+@pytest.mark.parametrize("name", sorted(REFERENCE_COMMAND_LINES))
+def test_reference_command_lines_build_their_models(name):
+    overrides, seq_len, vocab = REFERENCE_COMMAND_LINES[name]
     tiny = ["arch.hidden_size=32", "arch.num_heads=2", "arch.forward_dtype=float32", "global_batch_size=4"]
     with initialize_config_dir(config_dir=str(ROOT / "config"), version_base=None):
         raw = OmegaConf.to_container(compose("cfg_pretrain", overrides=overrides + tiny), resolve=True)
