@@ -1,4 +1,4 @@
-"""Check a dataset directory against the on-disk format (SPEC §7); exit 2 with the first problem found.
+"""Check a dataset directory against the on-disk format (docs/dataset_format.md); exit 2 with the first problem found.
 
     python -m dataset.validate data/sudoku-extreme-1k-aug-1000
 

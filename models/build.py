@@ -13,7 +13,7 @@ from utils.functions import load_model_class
 
 
 class OpenConfig(pydantic.BaseModel):
-    # Extra keys are passed through to the model / loss / evaluator (SPEC §3a).
+    # Extra keys are passed through to the model / loss / evaluator (docs/network.md#model-interface).
     model_config = pydantic.ConfigDict(extra="allow")
 
 
@@ -47,7 +47,7 @@ def sizes_metadata(vocab_size: int, seq_len: int, num_puzzle_identifiers: int = 
 
 
 def model_config_dict(arch: Arch, metadata: PuzzleDatasetMetadata, batch_size: int, forward_dtype: str) -> dict:
-    """SPEC §3a: every extra key under `arch`, plus what the data dictates."""
+    """docs/network.md#model-interface: every extra key under `arch`, plus what the data dictates."""
     config = arch_config(arch).model_dump()
     config.pop("name")
     config.pop("loss")

@@ -1,5 +1,5 @@
 """The checkpoint files: their names, the one safe reader, atomic writes, finding a run's newest file, and the
-reference's weights layout (SPEC §9) written and read side by side. A run directory holds `step_<N>` (the
+reference's weights layout (docs/checkpoints.md#reference-weights-file) written and read side by side. A run directory holds `step_<N>` (the
 reference's weights file: the loss head's state dict with the `_orig_mod.` prefix torch.compile adds) and, from
 training, `state_<N>.pt` beside it (see training/checkpoint.py)."""
 import os
@@ -143,7 +143,7 @@ def read_weights_file(path: str, what: str = "checkpoint") -> Dict[str, torch.Te
 # ------------------------------------------------------------------ the reference layout: written, read
 def reference_state_dict(head: nn.Module, ema_shadow: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
     """The loss head's weights keyed as the reference's compiled model saves them; the EMA shadow, when given,
-    replaces the trained parameters (SPEC §6: saved weights are the EMA copy)."""
+    replaces the trained parameters (docs/network.md#ema: saved weights are the EMA copy)."""
     state = dict(unwrap(head).state_dict())
     state.update(ema_shadow or {})
     return {COMPILED_PREFIX + k: v.detach().cpu() for k, v in state.items()}
@@ -177,7 +177,7 @@ def load_reference_checkpoint(head: nn.Module, source: Union[str, Dict[str, torc
     a mismatch is a ValueError.
 
     A puzzle-embedding table with another number of puzzles (fine-tuning on new puzzles) is replaced by its
-    mean row, broadcast to this model's table (SPEC §6)."""
+    mean row, broadcast to this model's table (docs/checkpoints.md#fine-tuning-on-new-puzzles)."""
     state_dict = strip_compiled_prefix(read_weights_file(source) if isinstance(source, str) else source)
     module = unwrap(head)
     own = module.state_dict()

@@ -20,7 +20,7 @@ SUDOKU_MLP = TRMShape(batch_size=32, seq_len=81, puzzle_emb_len=16, vocab_size=1
 
 
 def test_sudoku_mlp_paper_size():
-    # mlp_t: 97 positions -> hidden 512; channels: 512 -> hidden 1536 (SPEC §3 rounding)
+    # mlp_t: 97 positions -> hidden 512; channels: 512 -> hidden 1536 (docs/network.md#swiglu rounding)
     mixer = 6 * (32 * 512) * 97 * 512
     channel = 6 * (32 * 97) * 512 * 1536
     assert block_flops(SUDOKU_MLP) == mixer + channel

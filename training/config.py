@@ -1,4 +1,4 @@
-"""Validated training configuration (SPEC §2 plus our own keys), and a resumed run's: the saved config with this
+"""Validated training configuration (docs/configuration.md: the reference's keys plus our own), and a resumed run's: the saved config with this
 command line's keys on top."""
 import os
 from pathlib import Path

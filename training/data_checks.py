@@ -65,7 +65,7 @@ def check_run_data(config: PretrainConfig) -> Optional[int]:
 
 
 def planned_steps(batches_per_pass: Optional[int], config: PretrainConfig, schedule_steps: int) -> str:
-    """The steps the run will take: the schedule's count (SPEC §6) or fewer where the sampler's passes end sooner
+    """The steps the run will take: the schedule's count (docs/network.md#learning-rate-schedule) or fewer where the sampler's passes end sooner
     (the last incomplete batch of every pass is dropped)."""
     if batches_per_pass is None:
         return f"up to {schedule_steps} steps"

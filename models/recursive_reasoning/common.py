@@ -1,4 +1,4 @@
-"""What every recursive reasoning model shares (SPEC §3): the config keys, the post-norm block, the shared
+"""What every recursive reasoning model shares (docs/network.md): the config keys, the post-norm block, the shared
 network net(h, injection) = blocks(h + injection), and the input embedding and output heads."""
 import math
 from typing import Literal, Optional, Tuple
@@ -18,7 +18,7 @@ NonNegativeInt = pydantic.NonNegativeInt
 class RecursiveModelConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")  # a misspelt arch key must not be ignored
 
-    # From the data and the run (SPEC §3a)
+    # From the data and the run (docs/network.md#model-interface)
     batch_size: PositiveInt
     seq_len: PositiveInt
     vocab_size: PositiveInt
