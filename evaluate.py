@@ -18,7 +18,7 @@ from evaluation.loop import SizedLoader, count_test_batches, evaluate
 from evaluation.pictures import first_test_rows, save_reasoning
 from evaluators.stats import add_wilson_intervals
 from models.checkpoint_io import step_of
-from models.loading import InputError, find_weights, load_checkpoint, load_run_config, test_split_paths
+from models.loading import find_weights, load_checkpoint, load_run_config, test_split_paths
 from dataset.kinds import guess_kind, run_hints
 from dataset.validate import check_dataset
 from models.lm import ARCH_NAME as LM_ARCH_NAME
@@ -27,7 +27,7 @@ from training.config import EvaluatorConfig, format_validation_error
 from utils.device import (compile_failures_stop_the_run, describe_precision, describe_threads, maybe_compile,
                           set_intra_op_threads, setup_device)
 from utils.distributed import DistInfo, init_distributed, shutdown_distributed
-from utils.errors import ConfigError, user_errors
+from utils.errors import UserError, user_errors
 from utils.hydra_cli import check_command_line
 
 MODES = {"fixed": ["fixed"], "adaptive": ["adaptive"], "both": ["fixed", "adaptive"]}
@@ -52,11 +52,11 @@ class EvaluateConfig(pydantic.BaseModel):
 
 def parse_config(cfg: DictConfig) -> EvaluateConfig:
     if OmegaConf.is_missing(cfg, "checkpoint"):
-        raise ConfigError("checkpoint is missing: python evaluate.py checkpoint=<weights file or run directory>")
+        raise UserError("checkpoint is missing: python evaluate.py checkpoint=<weights file or run directory>")
     try:
         return EvaluateConfig.model_validate(OmegaConf.to_container(cfg, resolve=True))
     except pydantic.ValidationError as e:
-        raise ConfigError(format_validation_error(e).replace("cfg_pretrain", "cfg_evaluate")) from None
+        raise UserError(format_validation_error(e).replace("cfg_pretrain", "cfg_evaluate")) from None
 
 
 # Options that change the results: a run with other values writes beside the default one, not over it.
@@ -128,20 +128,20 @@ def run(options: EvaluateConfig, dist_info: DistInfo) -> Optional[Dict[str, Any]
     arch = None
     if not run_config:
         if options.arch is None:
-            raise InputError(f"no all_config.yaml beside '{weights}': give the architecture (arch=trm arch.hidden_size=...) "
-                             f"and data_paths=[...]")
+            raise UserError(f"no all_config.yaml beside '{weights}': give the architecture (arch=trm arch.hidden_size=...) "
+                            f"and data_paths=[...]")
         arch = options.arch
     elif options.arch is not None and dist_info.is_main:
         print(f"note: using the arch saved in {weights.parent / 'all_config.yaml'}; arch=... is for bare weights files")
     if (arch or run_config.get("arch") or {}).get("name") == LM_ARCH_NAME and (options.halt != "fixed" or options.visualize):
-        raise ConfigError("halt=adaptive/both and visualize are for puzzle models with a Q-head: evaluate a trm_lm run "
-                          "with the defaults (it reports held-out perplexity)")
+        raise UserError("halt=adaptive/both and visualize are for puzzle models with a Q-head: evaluate a trm_lm run "
+                        "with the defaults (it reports held-out perplexity)")
     data_paths = options.data_paths or test_split_paths(run_config)
     if not data_paths:
-        raise InputError("no dataset: give data_paths=[<dataset directory>]")
+        raise UserError("no dataset: give data_paths=[<dataset directory>]")
     global_batch_size = options.global_batch_size or run_config.get("global_batch_size")
     if not global_batch_size:
-        raise InputError("no batch size: give global_batch_size=...")
+        raise UserError("no batch size: give global_batch_size=...")
     for path in data_paths:  # before any heavy work, as dataset.validate checks it
         check_dataset(path, ("test",), identifiers_required=False)
     dataset, metadata = create_dataloader(data_paths, "test", global_batch_size, dist_info)

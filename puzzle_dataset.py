@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from dataset.format import IGNORE_LABEL_ID, SET_FIELDS, PuzzleDatasetMetadata, read_metadata, set_array_path
+from utils.errors import UserError
 
 MATCHING_FIELDS = ("seq_len", "vocab_size", "pad_id", "ignore_label_id", "blank_identifier_id", "sets")
 
@@ -35,8 +36,8 @@ def merge_metadata(paths: List[str], metadatas: List[PuzzleDatasetMetadata]) -> 
     for path, m in zip(paths[1:], metadatas[1:]):
         for field in MATCHING_FIELDS:
             if getattr(m, field) != getattr(first, field):
-                raise ValueError(f"dataset_paths disagree: {path} has {field}={getattr(m, field)} but {paths[0]} has "
-                                 f"{getattr(first, field)}; datasets used together must share {', '.join(MATCHING_FIELDS)}")
+                raise UserError(f"dataset_paths disagree: {path} has {field}={getattr(m, field)} but {paths[0]} has "
+                                f"{getattr(first, field)}; datasets used together must share {', '.join(MATCHING_FIELDS)}")
     total_puzzles = sum(m.total_puzzles for m in metadatas)
     return first.model_copy(update=dict(
         # Summed like the reference, so embedding tables (and checkpoints) have the reference's shape; datasets
@@ -103,12 +104,12 @@ class PuzzleDataset(IterableDataset):
     def __init__(self, config: PuzzleDatasetConfig, split: str = "train"):
         super().__init__()
         if not config.dataset_paths:
-            raise ValueError("dataset_paths is empty: give at least one dataset directory")
+            raise UserError("dataset_paths is empty: give at least one dataset directory")
         if config.num_replicas < 1 or not 0 <= config.rank < config.num_replicas:
-            raise ValueError(f"rank {config.rank} is not in [0, num_replicas={config.num_replicas})")
+            raise UserError(f"rank {config.rank} is not in [0, num_replicas={config.num_replicas})")
         if config.global_batch_size % config.num_replicas:
-            raise ValueError(f"global_batch_size {config.global_batch_size} is not divisible by the {config.num_replicas} "
-                             f"ranks; choose a multiple of the number of processes")
+            raise UserError(f"global_batch_size {config.global_batch_size} is not divisible by the {config.num_replicas} "
+                            f"ranks; choose a multiple of the number of processes")
         self.config, self.split = config, split
         metadatas = [read_metadata(os.path.join(p, split)) for p in config.dataset_paths]
         self.metadata = merge_metadata(config.dataset_paths, metadatas)

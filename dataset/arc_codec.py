@@ -8,7 +8,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from dataset.dihedral import dihedral_transform, inverse_dihedral_transform
-from dataset.format import DatasetError
+from utils.errors import UserError
 
 GRID_SIZE = 30
 PAD_ID, EOS_ID, COLOUR_OFFSET = 0, 1, 2
@@ -17,25 +17,21 @@ SEQ_LEN = GRID_SIZE * GRID_SIZE
 NAME_SEPARATOR = "|||"
 
 
-class ARCInputError(DatasetError):
-    """Bad input data: the message is one line naming the file and puzzle."""
-
-
 def to_grid(value, where: str) -> np.ndarray:
     """Validate one ARC grid (list of equal-length rows of ints 0-9, at most 30x30) and return it as uint8."""
     try:
         arr = np.array(value)
     except ValueError:
-        raise ARCInputError(f"{where}: grid rows have different lengths; each grid must be a rectangular list of rows") from None
+        raise UserError(f"{where}: grid rows have different lengths; each grid must be a rectangular list of rows") from None
     if arr.ndim != 2 or arr.size == 0:
-        raise ARCInputError(f"{where}: not a non-empty 2-D grid (expected a list of equal-length rows of colours 0-9)")
+        raise UserError(f"{where}: not a non-empty 2-D grid (expected a list of equal-length rows of colours 0-9)")
     if arr.dtype.kind not in "iu":
-        raise ARCInputError(f"{where}: grid cells must be integers 0-9, found dtype {arr.dtype}")
+        raise UserError(f"{where}: grid cells must be integers 0-9, found dtype {arr.dtype}")
     if arr.shape[0] > GRID_SIZE or arr.shape[1] > GRID_SIZE:
-        raise ARCInputError(f"{where}: grid is {arr.shape[0]}x{arr.shape[1]}, larger than {GRID_SIZE}x{GRID_SIZE}; ARC grids must fit 30x30")
+        raise UserError(f"{where}: grid is {arr.shape[0]}x{arr.shape[1]}, larger than {GRID_SIZE}x{GRID_SIZE}; ARC grids must fit 30x30")
     bad = arr[(arr < 0) | (arr > 9)]
     if bad.size:
-        raise ARCInputError(f"{where}: colour {int(bad[0])} outside 0-9")
+        raise UserError(f"{where}: colour {int(bad[0])} outside 0-9")
     return arr.astype(np.uint8)
 
 

@@ -22,11 +22,10 @@ import numpy as np
 if __package__ in (None, ""):  # run as `python dataset/build_arc_dataset.py`: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dataset.arc_codec import (COLOUR_OFFSET, EOS_ID, GRID_SIZE, NAME_SEPARATOR, PAD_ID, SEQ_LEN, VOCAB_SIZE,
-                               ARCInputError, augment_names, to_grid)
+from dataset.arc_codec import (COLOUR_OFFSET, EOS_ID, GRID_SIZE, NAME_SEPARATOR, PAD_ID, SEQ_LEN, VOCAB_SIZE, augment_names, to_grid)
 from dataset.dihedral import dihedral_transform
 from dataset.format import AtomicOutputDir, PuzzleDatasetMetadata, SplitWriter, add_output_args, check_output_dir
-from utils.errors import user_errors
+from utils.errors import UserError, user_errors
 
 AUGMENT_TRIES_FACTOR = 5  # candidates drawn per wanted augmentation before giving up (few-colour puzzles run out)
 
@@ -37,14 +36,14 @@ def load_subset(prefix: str, subset: str) -> Tuple[Dict[str, dict], Dict[str, Li
     """Return (raw puzzles with test outputs filled in, train pairs, test pairs) for one subset, validating every grid."""
     path = f"{prefix}_{subset}_challenges.json"
     if not os.path.isfile(path):
-        raise ARCInputError(f"{path}: file not found; check --input-file-prefix and --subsets (expects <prefix>_<subset>_challenges.json)")
+        raise UserError(f"{path}: file not found; check --input-file-prefix and --subsets (expects <prefix>_<subset>_challenges.json)")
     try:
         with open(path) as f:
             puzzles = json.load(f)
     except json.JSONDecodeError as e:
-        raise ARCInputError(f"{path}: not valid JSON ({e})") from None
+        raise UserError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(puzzles, dict):
-        raise ARCInputError(f"{path}: expected an object mapping puzzle ids to puzzles")
+        raise UserError(f"{path}: expected an object mapping puzzle ids to puzzles")
 
     solutions_path = f"{prefix}_{subset}_solutions.json"
     solutions = None
@@ -57,14 +56,14 @@ def load_subset(prefix: str, subset: str) -> Tuple[Dict[str, dict], Dict[str, Li
     train_pairs, test_pairs = {}, {}
     for name, puzzle in puzzles.items():
         if NAME_SEPARATOR in name:
-            raise ARCInputError(f"{path}: puzzle {name}: the id contains '{NAME_SEPARATOR}', which is reserved for augmentation names")
+            raise UserError(f"{path}: puzzle {name}: the id contains '{NAME_SEPARATOR}', which is reserved for augmentation names")
         if not isinstance(puzzle, dict) or not isinstance(puzzle.get("train"), list) or not isinstance(puzzle.get("test"), list):
-            raise ARCInputError(f"{path}: puzzle {name}: expected {{\"train\": [...], \"test\": [...]}}")
+            raise UserError(f"{path}: puzzle {name}: expected {{\"train\": [...], \"test\": [...]}}")
         if solutions is not None:
             sols = solutions.get(name)
             if not isinstance(sols, list) or len(sols) != len(puzzle["test"]):
-                raise ARCInputError(f"{solutions_path}: puzzle {name}: expected {len(puzzle['test'])} solution grids, found "
-                                    f"{'none' if sols is None else len(sols) if isinstance(sols, list) else 'a non-list'}")
+                raise UserError(f"{solutions_path}: puzzle {name}: expected {len(puzzle['test'])} solution grids, found "
+                                f"{'none' if sols is None else len(sols) if isinstance(sols, list) else 'a non-list'}")
             for example, sol in zip(puzzle["test"], sols):
                 example["output"] = sol
         else:
@@ -76,11 +75,11 @@ def load_subset(prefix: str, subset: str) -> Tuple[Dict[str, dict], Dict[str, Li
             for i, example in enumerate(puzzle[kind]):
                 where = f"{path}: puzzle {name} {kind} example {i}"
                 if not isinstance(example, dict) or "input" not in example or "output" not in example:
-                    raise ARCInputError(f"{where}: expected {{\"input\": grid, \"output\": grid}}")
+                    raise UserError(f"{where}: expected {{\"input\": grid, \"output\": grid}}")
                 pairs.append((to_grid(example["input"], where + " input"), to_grid(example["output"], where + " output")))
             dest[name] = pairs
         if not train_pairs[name]:
-            raise ARCInputError(f"{path}: puzzle {name}: has no train examples")
+            raise UserError(f"{path}: puzzle {name}: has no train examples")
     return puzzles, train_pairs, test_pairs
 
 
@@ -261,14 +260,14 @@ def build(input_file_prefix: str, output_dir: str, subsets: List[str], test_set_
     from tqdm import tqdm
 
     if num_aug < 0:
-        raise ARCInputError(f"--num-aug {num_aug}: must be >= 0")
+        raise UserError(f"--num-aug {num_aug}: must be >= 0")
     if puzzle_identifiers_start < 1:
-        raise ARCInputError(f"--puzzle-identifiers-start {puzzle_identifiers_start}: must be >= 1 (id 0 is the blank puzzle)")
+        raise UserError(f"--puzzle-identifiers-start {puzzle_identifiers_start}: must be >= 1 (id 0 is the blank puzzle)")
     if not subsets:
-        raise ARCInputError("--subsets is empty: name at least one subset, e.g. --subsets training evaluation concept")
+        raise UserError("--subsets is empty: name at least one subset, e.g. --subsets training evaluation concept")
     test_sets = {test_set_name, test_set_name2}
     if not test_sets & set(subsets):
-        raise ARCInputError(f"--test-set-name {test_set_name} is not among --subsets {' '.join(subsets)}; the test split would be empty")
+        raise UserError(f"--test-set-name {test_set_name} is not among --subsets {' '.join(subsets)}; the test split would be empty")
 
     # Read and validate everything before any heavy work or any write.
     loaded = [(subset, *load_subset(input_file_prefix, subset)) for subset in subsets]

@@ -24,8 +24,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataset.build_custom_dataset import Pair, build_dataset
-from dataset.format import MAX_GRID_SIDE, DatasetError, add_output_args, check_output_dir
-from utils.errors import user_errors
+from dataset.format import MAX_GRID_SIDE, add_output_args, check_output_dir
+from utils.errors import UserError, user_errors
 
 CHARSET = " 0123456789"
 
@@ -46,7 +46,7 @@ def sample_pairs(rng: random.Random, count: int, digits: int, taken: Set[Tuple[i
     while len(pairs) < count:
         tries += 1
         if tries > 50 * count + 1000:
-            raise DatasetError(f"only {len(pairs)} distinct {digits}-digit additions left for {name}; ask for fewer or more --digits")
+            raise UserError(f"only {len(pairs)} distinct {digits}-digit additions left for {name}; ask for fewer or more --digits")
         a, b = random_operand(rng, digits), random_operand(rng, digits)
         if (a, b) in taken:
             continue
@@ -65,9 +65,9 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if not 1 <= args.digits <= MAX_GRID_SIDE - 1:
-        raise DatasetError(f"--digits {args.digits}: must lie in 1..{MAX_GRID_SIDE - 1} (the grid is digits+1 wide, at most {MAX_GRID_SIDE})")
+        raise UserError(f"--digits {args.digits}: must lie in 1..{MAX_GRID_SIDE - 1} (the grid is digits+1 wide, at most {MAX_GRID_SIDE})")
     if args.num_train < 1 or args.num_test < 1:
-        raise DatasetError("--num-train and --num-test must be >= 1")
+        raise UserError("--num-train and --num-test must be >= 1")
     check_output_dir(args.output_dir, args.force)
     rng, taken = random.Random(args.seed), set()
     splits = {"train": sample_pairs(rng, args.num_train, args.digits, taken, "train"),

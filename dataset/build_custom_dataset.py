@@ -37,9 +37,8 @@ import numpy as np
 from tqdm import tqdm
 
 from dataset.dihedral import dihedral_transform_batch
-from dataset.format import (MAX_GRID_SIDE, SPLITS, AtomicOutputDir, DatasetError, PuzzleDatasetMetadata, add_output_args,
-                            check_output_dir, set_array_path, single_example_layout, write_identifiers, write_metadata)
-from utils.errors import user_errors
+from dataset.format import (MAX_GRID_SIDE, SPLITS, AtomicOutputDir, PuzzleDatasetMetadata, add_output_args, check_output_dir, set_array_path, single_example_layout, write_identifiers, write_metadata)
+from utils.errors import UserError, user_errors
 
 
 class Pair(NamedTuple):
@@ -59,19 +58,19 @@ def _csv_cell(text: str, row_sep: str):
 def read_pairs(path, row_sep: str = "/") -> List[Pair]:
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"missing split: {path} not found")
+        raise UserError(f"missing split: {path} not found")
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as e:
-            raise DatasetError(f"{path}: not valid JSON ({e})") from None
+            raise UserError(f"{path}: not valid JSON ({e})") from None
         items = data.get("pairs") if isinstance(data, dict) else data
         if not isinstance(items, list):
-            raise DatasetError(f"{path}: expected a list of {{\"input\": ..., \"output\": ...}} objects")
+            raise UserError(f"{path}: expected a list of {{\"input\": ..., \"output\": ...}} objects")
         pairs = []
         for k, item in enumerate(items):
             if not isinstance(item, dict) or "input" not in item or "output" not in item:
-                raise DatasetError(f"{path} pair {k}: expected an object with keys \"input\" and \"output\"")
+                raise UserError(f"{path} pair {k}: expected an object with keys \"input\" and \"output\"")
             pairs.append(Pair(item["input"], item["output"], f"{path} pair {k}"))
         return pairs
     if path.suffix.lower() == ".csv":
@@ -79,18 +78,18 @@ def read_pairs(path, row_sep: str = "/") -> List[Pair]:
             rows = csv.reader(f)
             header = next(rows, None)
             if header is None or "input" not in header or "output" not in header:
-                raise DatasetError(f"{path} row 1: expected a header with columns input,output, got {header}")
+                raise UserError(f"{path} row 1: expected a header with columns input,output, got {header}")
             i, o = header.index("input"), header.index("output")
             pairs = []
             for line, row in enumerate(rows, start=2):
                 if len(row) != len(header):
-                    raise DatasetError(f"{path} row {line}: expected {len(header)} columns, got {len(row)}")
+                    raise UserError(f"{path} row {line}: expected {len(header)} columns, got {len(row)}")
                 try:
                     pairs.append(Pair(_csv_cell(row[i], row_sep), _csv_cell(row[o], row_sep), f"{path} row {line}"))
                 except json.JSONDecodeError as e:
-                    raise DatasetError(f"{path} row {line}: a cell starting with '[' must be a JSON array ({e})") from None
+                    raise UserError(f"{path} row {line}: a cell starting with '[' must be a JSON array ({e})") from None
             return pairs
-    raise DatasetError(f"{path}: unknown file type; use .json or .csv")
+    raise UserError(f"{path}: unknown file type; use .json or .csv")
 
 
 # ---------------------------------------------------------------- symbols -> token grids
@@ -105,7 +104,7 @@ def _rows(value, where: str) -> List[list]:
         return [value]
     if isinstance(value, list) and value and all(isinstance(r, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in r) for r in value):
         return value
-    raise DatasetError(f"{where}: expected a string, a list of strings, a list of integers or a list of lists of integers")
+    raise UserError(f"{where}: expected a string, a list of strings, a list of integers or a list of lists of integers")
 
 
 def is_sequence(value) -> bool:
@@ -121,20 +120,20 @@ def symbols_of(pairs: Sequence[Pair]) -> Tuple[str, set]:
                 seen.update(row)
                 kinds.update(type(v).__name__ for v in row)
     if len(kinds) > 1:
-        raise DatasetError("pairs mix characters and integers; use one kind of symbol throughout")
+        raise UserError("pairs mix characters and integers; use one kind of symbol throughout")
     return (kinds.pop() if kinds else "str"), seen
 
 
 def to_grid(value, where: str, vocab: "Vocabulary") -> np.ndarray:
     rows = _rows(value, where)
     if len({len(r) for r in rows}) != 1:
-        raise DatasetError(f"{where}: grid rows have different lengths {sorted({len(r) for r in rows})}")
+        raise UserError(f"{where}: grid rows have different lengths {sorted({len(r) for r in rows})}")
     if len(rows) > 1 and (len(rows) > MAX_GRID_SIDE or len(rows[0]) > MAX_GRID_SIDE):
-        raise DatasetError(f"{where}: grid is {len(rows)}x{len(rows[0])}; grids larger than {MAX_GRID_SIDE}x{MAX_GRID_SIDE} are not supported")
+        raise UserError(f"{where}: grid is {len(rows)}x{len(rows[0])}; grids larger than {MAX_GRID_SIDE}x{MAX_GRID_SIDE} are not supported")
     try:
         return np.array([[vocab.token[v] for v in r] for r in rows], dtype=np.int64)
     except KeyError as e:
-        raise DatasetError(f"{where}: symbol {e.args[0]!r} is outside the vocabulary ({vocab.description})") from None
+        raise UserError(f"{where}: symbol {e.args[0]!r} is outside the vocabulary ({vocab.description})") from None
 
 
 class Vocabulary(NamedTuple):
@@ -147,7 +146,7 @@ def make_vocabulary(kind: str, seen: set, charset: Optional[str], num_values: Op
     if kind == "str":
         chars = charset if charset is not None else "".join(sorted(seen))
         if len(set(chars)) != len(chars):
-            raise DatasetError(f"--charset {chars!r} repeats a character")
+            raise UserError(f"--charset {chars!r} repeats a character")
         return Vocabulary({c: i + 1 for i, c in enumerate(chars)}, ["<pad>"] + list(chars), f"--charset {chars!r}")
     num_values = num_values if num_values is not None else max(seen) + 1
     return Vocabulary({v: v + 1 for v in range(num_values)}, ["<pad>"] + [str(v) for v in range(num_values)],
@@ -162,7 +161,7 @@ def build_dataset(splits: Dict[str, List[Pair]], output_dir, charset: Optional[s
     """Check and encode every pair first, then write all splits atomically into `output_dir`."""
     for split in SPLITS:
         if not splits.get(split):
-            raise DatasetError(f"missing split: no {split} pairs given")
+            raise UserError(f"missing split: no {split} pairs given")
     check_output_dir(output_dir, force)
     kind, seen = symbols_of([p for split in SPLITS for p in splits[split]])
     vocab = make_vocabulary(kind, seen, charset, num_values)
@@ -172,7 +171,7 @@ def build_dataset(splits: Dict[str, List[Pair]], output_dir, charset: Optional[s
     grids = [g for split in SPLITS for pair in encoded[split] for g in pair]
     sequences = [f"{p.where}" for split in SPLITS for p in splits[split] if is_sequence(p.input) or is_sequence(p.output)]
     if dihedral and sequences:
-        raise DatasetError(f"--dihedral needs 2-D grids, but {sequences[0]} is a sequence (a string or a flat list)")
+        raise UserError(f"--dihedral needs 2-D grids, but {sequences[0]} is a sequence (a string or a flat list)")
     height, width = canvas or (max(len(g) for g in grids), max(g.shape[1] for g in grids))
     if dihedral:
         height = width = max(height, width)  # transposes must fit the canvas
@@ -180,7 +179,7 @@ def build_dataset(splits: Dict[str, List[Pair]], output_dir, charset: Optional[s
         for p, (x, y) in zip(splits[split], encoded[split]):
             for field, g in (("input", x), ("output", y)):
                 if len(g) > height or g.shape[1] > width:
-                    raise DatasetError(f"{p.where} {field}: {len(g)}x{g.shape[1]} does not fit the {height}x{width} canvas (--canvas)")
+                    raise UserError(f"{p.where} {field}: {len(g)}x{g.shape[1]} does not fit the {height}x{width} canvas (--canvas)")
     vocab_size = len(symbols)
     dtype = np.uint8 if vocab_size <= 256 else np.int32
     metadata = {}
@@ -223,9 +222,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--predict-padding", action="store_true", help="train on padding cells of the labels too")
     args = p.parse_args(argv)
     if args.num_values is not None and args.num_values < 1:
-        raise DatasetError(f"--num-values must be >= 1, got {args.num_values}")
+        raise UserError(f"--num-values must be >= 1, got {args.num_values}")
     if args.canvas is not None and not all(1 <= s <= MAX_GRID_SIDE for s in args.canvas):
-        raise DatasetError(f"--canvas {args.canvas[0]} {args.canvas[1]}: sides must lie in 1..{MAX_GRID_SIDE}")
+        raise UserError(f"--canvas {args.canvas[0]} {args.canvas[1]}: sides must lie in 1..{MAX_GRID_SIDE}")
     check_output_dir(args.output_dir, args.force)
     return args
 

@@ -26,11 +26,10 @@ from tqdm import tqdm
 
 from dataset.checkers import MAZE_CHARSET, is_valid_maze_path
 from dataset.dihedral import dihedral_transform_batch
-from dataset.format import (MAX_GRID_SIDE, AtomicOutputDir, DatasetError, add_output_args, check_output_dir, set_array_path,
-                            single_example_layout, single_set_metadata, write_identifiers, write_metadata)
+from dataset.format import (MAX_GRID_SIDE, AtomicOutputDir, add_output_args, check_output_dir, set_array_path, single_example_layout, single_set_metadata, write_identifiers, write_metadata)
 from dataset.sources import SOURCE_CSV_COLUMNS, choose_csv_source, iter_source_csv, locate_split_csvs, parse_rating
 from dataset.generators import maze as generator
-from utils.errors import user_errors
+from utils.errors import UserError, user_errors
 
 DEFAULT_REPO = "sapientinc/maze-30x30-hard-1k"
 CHAR_TO_TOKEN = np.zeros(256, dtype=np.uint8)
@@ -51,22 +50,22 @@ def read_maze_csv(path: Path) -> Dict[str, object]:
     for line, q, a, r in iter_source_csv(path):
         side = int(round(len(q) ** 0.5))
         if side * side != len(q) or len(a) != len(q):
-            raise DatasetError(f"{path} row {line}: question/answer have {len(q)}/{len(a)} characters; expected one square maze each")
+            raise UserError(f"{path} row {line}: question/answer have {len(q)}/{len(a)} characters; expected one square maze each")
         if side > MAX_GRID_SIDE:
-            raise DatasetError(f"{path} row {line}: maze is {side}x{side}; grids larger than {MAX_GRID_SIDE}x{MAX_GRID_SIDE} are not supported")
+            raise UserError(f"{path} row {line}: maze is {side}x{side}; grids larger than {MAX_GRID_SIDE}x{MAX_GRID_SIDE} are not supported")
         if cells is not None and len(q) != cells:
-            raise DatasetError(f"{path} row {line}: maze has {len(q)} cells but earlier rows have {cells}; all mazes must share one size")
+            raise UserError(f"{path} row {line}: maze has {len(q)} cells but earlier rows have {cells}; all mazes must share one size")
         cells = len(q)
         odd = (set(q) | set(a)) - allowed
         if odd:
-            raise DatasetError(f"{path} row {line}: characters {''.join(sorted(odd))!r} outside the maze alphabet {MAZE_CHARSET!r}")
+            raise UserError(f"{path} row {line}: characters {''.join(sorted(odd))!r} outside the maze alphabet {MAZE_CHARSET!r}")
         if not is_valid_maze_path(q, a):
-            raise DatasetError(f"{path} row {line}: the answer is not the maze with one shortest S->G path marked 'o'")
+            raise UserError(f"{path} row {line}: the answer is not the maze with one shortest S->G path marked 'o'")
         questions.append(q)
         answers.append(a)
         ratings.append(parse_rating(path, line, r))
     if cells is None:
-        raise DatasetError(f"{path} holds no mazes; expected a header {','.join(SOURCE_CSV_COLUMNS)} and one row per maze")
+        raise UserError(f"{path} holds no mazes; expected a header {','.join(SOURCE_CSV_COLUMNS)} and one row per maze")
     return {"questions": questions, "answers": answers, "size": int(round(cells ** 0.5)), "path_lens": [a.count("o") + 1 for a in answers]}
 
 
@@ -76,7 +75,7 @@ def generate_split(size: int, count: int, seed: int, stream: int, min_path_len: 
     with tqdm(total=count, desc=desc) as bar:
         while len(questions) < count:
             if index >= 20 * count + 100:
-                raise DatasetError(f"only {len(questions)} distinct {size}x{size} mazes found; ask for fewer or a larger --size")
+                raise UserError(f"only {len(questions)} distinct {size}x{size} mazes found; ask for fewer or a larger --size")
             m = generator.generate_indexed(size, seed, stream, index, min_path_len)
             index += 1
             if m.maze in seen:
@@ -128,11 +127,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     for flag in ("subsample_size", "generate", "generate_test", "min_path_len"):
         value = getattr(args, flag)
         if value is not None and value < 0:
-            raise DatasetError(f"--{flag.replace('_', '-')} must be >= 0, got {value}")
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 0, got {value}")
     if not 3 <= args.size <= MAX_GRID_SIDE:
-        raise DatasetError(f"--size {args.size}: mazes must be 3x3 to {MAX_GRID_SIDE}x{MAX_GRID_SIDE}")
+        raise UserError(f"--size {args.size}: mazes must be 3x3 to {MAX_GRID_SIDE}x{MAX_GRID_SIDE}")
     if args.generate_test is not None and args.generate is None:
-        raise DatasetError("--generate-test needs --generate N_TRAIN too")
+        raise UserError("--generate-test needs --generate N_TRAIN too")
     check_output_dir(args.output_dir, args.force)
     return args
 
@@ -142,7 +141,7 @@ def load_sources(args) -> Dict[str, Dict[str, object]]:
     if args.source_dir is not None:
         splits = {split: read_maze_csv(path) for split, path in locate_split_csvs(args.source_dir).items()}
         if splits["train"]["size"] != splits["test"]["size"]:
-            raise DatasetError(f"train.csv and test.csv in {args.source_dir} hold mazes of different sizes")
+            raise UserError(f"train.csv and test.csv in {args.source_dir} hold mazes of different sizes")
         return splits
     seen: set = set()
     counts = {"train": args.generate, "test": 1000 if args.generate_test is None else args.generate_test}

@@ -28,11 +28,10 @@ import numpy as np
 from tqdm import tqdm
 
 from dataset.checkers import valid_sudoku_solutions
-from dataset.format import (AtomicOutputDir, DatasetError, add_output_args, check_output_dir, reserved_memmap,
-                            set_array_path, single_example_layout, single_set_metadata, write_identifiers, write_metadata)
+from dataset.format import (AtomicOutputDir, add_output_args, check_output_dir, reserved_memmap, set_array_path, single_example_layout, single_set_metadata, write_identifiers, write_metadata)
 from dataset.sources import SOURCE_CSV_COLUMNS, choose_csv_source, iter_source_csv, locate_split_csvs, parse_rating
 from dataset.generators import sudoku as generator
-from utils.errors import user_errors
+from utils.errors import UserError, user_errors
 
 DEFAULT_REPO = "sapientinc/sudoku-extreme"
 SIZE_OF_CELLS = {n * n: n for n in generator.BOX_SHAPES}
@@ -61,10 +60,10 @@ def read_sudoku_csv(path: Path, min_difficulty: Optional[int]) -> Tuple[SudokuSp
     for line, q, a, r in iter_source_csv(path):
         if cells is None:
             if len(q) not in SIZE_OF_CELLS:
-                raise DatasetError(f"{path} row {line}: question has {len(q)} cells; expected one of {sorted(SIZE_OF_CELLS)} (4x4, 6x6, 9x9)")
+                raise UserError(f"{path} row {line}: question has {len(q)} cells; expected one of {sorted(SIZE_OF_CELLS)} (4x4, 6x6, 9x9)")
             cells = len(q)
         if len(q) != cells or len(a) != cells:
-            raise DatasetError(f"{path} row {line}: question/answer have {len(q)}/{len(a)} cells, expected {cells}")
+            raise UserError(f"{path} row {line}: question/answer have {len(q)}/{len(a)} cells, expected {cells}")
         rating = parse_rating(path, line, r)
         if min_difficulty is None or rating >= min_difficulty:
             questions += q.encode("ascii", "replace")  # one byte per character, so offsets stay aligned
@@ -72,7 +71,7 @@ def read_sudoku_csv(path: Path, min_difficulty: Optional[int]) -> Tuple[SudokuSp
             ratings.append(rating)
             lines.append(line)
     if cells is None:
-        raise DatasetError(f"{path} holds no puzzles; expected a header {','.join(SOURCE_CSV_COLUMNS)} and one row per puzzle")
+        raise UserError(f"{path} holds no puzzles; expected a header {','.join(SOURCE_CSV_COLUMNS)} and one row per puzzle")
     size = SIZE_OF_CELLS[cells]
     q = np.frombuffer(questions, dtype=np.uint8).reshape(-1, cells)
     a = np.frombuffer(answers, dtype=np.uint8).reshape(-1, cells)
@@ -83,10 +82,10 @@ def read_sudoku_csv(path: Path, min_difficulty: Optional[int]) -> Tuple[SudokuSp
         qc, ac = q[start:start + VALIDATION_CHUNK], a[start:start + VALIDATION_CHUNK]
         bad = np.flatnonzero((qc > size).any(1) | (ac > size).any(1) | (ac == 0).any(1))
         if len(bad):
-            raise DatasetError(f"{path} row {lines[start + bad[0]]}: cells must be digits 1-{size} ('.' or '0' blank in the question, no blank in the answer)")
+            raise UserError(f"{path} row {lines[start + bad[0]]}: cells must be digits 1-{size} ('.' or '0' blank in the question, no blank in the answer)")
         bad = np.flatnonzero(~valid_sudoku_solutions(qc, ac))
         if len(bad):
-            raise DatasetError(f"{path} row {lines[start + bad[0]]}: the answer is not a valid solution of the question")
+            raise UserError(f"{path} row {lines[start + bad[0]]}: the answer is not a valid solution of the question")
     return SudokuSplit(q, a, np.frombuffer(ratings, dtype=np.int64)), size
 
 
@@ -100,7 +99,7 @@ def generate_split(size: int, count: int, seed: int, stream: int, min_difficulty
         with tqdm(total=count, desc=desc) as bar:
             while len(results) < count:
                 if next_index >= max_index:
-                    raise DatasetError(f"only {len(results)} distinct {size}x{size} puzzles found in {max_index} tries; ask for fewer")
+                    raise UserError(f"only {len(results)} distinct {size}x{size} puzzles found in {max_index} tries; ask for fewer")
                 batch = [(size, seed, stream, i, min_difficulty) for i in range(next_index, next_index + max(64, count - len(results)))]
                 next_index += len(batch)
                 mapped = pool.imap(generator.generate_indexed, batch, chunksize=8) if pool else map(generator.generate_indexed, batch)
@@ -225,9 +224,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     for flag in ("subsample_size", "num_aug", "generate", "generate_test", "min_difficulty"):
         value = getattr(args, flag)
         if value is not None and value < 0:
-            raise DatasetError(f"--{flag.replace('_', '-')} must be >= 0, got {value}")
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 0, got {value}")
     if args.generate_test is not None and args.generate is None:
-        raise DatasetError("--generate-test needs --generate N_TRAIN too")
+        raise UserError("--generate-test needs --generate N_TRAIN too")
     check_output_dir(args.output_dir, args.force)
     return args
 
@@ -239,7 +238,7 @@ def load_sources(args) -> Tuple[Dict[str, SudokuSplit], int]:
         loaded = {split: read_sudoku_csv(path, args.min_difficulty) for split, path in paths.items()}
         sizes = {size for _, size in loaded.values()}
         if len(sizes) != 1:
-            raise DatasetError(f"train.csv and test.csv in {args.source_dir} hold boards of different sizes {sorted(sizes)}")
+            raise UserError(f"train.csv and test.csv in {args.source_dir} hold boards of different sizes {sorted(sizes)}")
         return {split: data for split, (data, _) in loaded.items()}, sizes.pop()
     seen: set = set()
     counts = {"train": args.generate, "test": 1000 if args.generate_test is None else args.generate_test}

@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pydantic
 
-from utils.errors import UserError
+from utils.errors import MissingFile, UserError, validation_problem
 
 SET_FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
 SPLITS = ("train", "test")
@@ -19,10 +19,6 @@ MAX_GRID_SIDE = 30
 # the losses and metrics skip it.
 IGNORE_LABEL_ID = -100
 NPY_HEADER_BYTES = 128  # fixed, so the row count can be written after streaming the rows
-
-
-class DatasetError(UserError):
-    """Bad input or a malformed dataset: reported as one line, exit code 2, no traceback."""
 
 
 class PuzzleDatasetMetadata(pydantic.BaseModel):
@@ -59,11 +55,12 @@ def write_split(split_dir: Path, metadata: PuzzleDatasetMetadata, sets: Dict[str
 def read_metadata(split_dir) -> PuzzleDatasetMetadata:
     path = Path(split_dir) / "dataset.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: build the dataset first (see `python -m dataset.build_sudoku_dataset --help`)")
+        raise MissingFile(f"{path} not found: build the dataset first (see `python -m dataset.build_sudoku_dataset --help`)")
     try:
         return PuzzleDatasetMetadata.model_validate_json(path.read_text())
     except pydantic.ValidationError as e:
-        raise ValueError(f"{path} is not valid dataset metadata: {e.errors()[0]['loc']} {e.errors()[0]['msg']}") from None
+        _, key, msg, _ = validation_problem(e)
+        raise UserError(f"{path} is not valid dataset metadata: {key or 'the file'}: {msg}") from None
 
 
 def reserved_memmap(path: Path, shape, dtype=np.uint8) -> np.memmap:
@@ -232,7 +229,7 @@ class AtomicOutputDir:
     def _check(self) -> None:
         problem = output_dir_problem(self.output_dir, self.force)
         if problem:
-            raise DatasetError(problem.replace(str(self.output_dir), str(self.given)))
+            raise UserError(problem.replace(str(self.output_dir), str(self.given)))
 
     def _siblings(self, kind: str):
         """(path, pid) of `.NAME.<kind>-<pid>...` entries beside the output directory."""

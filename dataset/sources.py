@@ -9,7 +9,8 @@ import urllib.request
 from pathlib import Path
 from typing import Dict, Optional
 
-from dataset.format import SPLITS, DatasetError
+from dataset.format import SPLITS
+from utils.errors import UserError
 
 HF_DATASET_URL = "https://huggingface.co/datasets/{repo}/resolve/main/{filename}"
 SOURCE_CSV_COLUMNS = ["source", "question", "answer", "rating"]
@@ -22,7 +23,7 @@ def iter_source_csv(path: Path):
             if line == 1 and row == SOURCE_CSV_COLUMNS:
                 continue
             if len(row) != 4:
-                raise DatasetError(f"{path} row {line}: expected 4 columns {','.join(SOURCE_CSV_COLUMNS)}, got {len(row)}")
+                raise UserError(f"{path} row {line}: expected 4 columns {','.join(SOURCE_CSV_COLUMNS)}, got {len(row)}")
             yield line, row[1], row[2], row[3]
 
 
@@ -30,18 +31,18 @@ def parse_rating(path: Path, line: int, text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise DatasetError(f"{path} row {line}: rating {text!r} is not an integer") from None
+        raise UserError(f"{path} row {line}: rating {text!r} is not an integer") from None
 
 
 def locate_split_csvs(source_dir) -> Dict[str, Path]:
     """`train.csv` and `test.csv` of a local copy of a published dataset."""
     source_dir = Path(source_dir)
     if not source_dir.is_dir():
-        raise DatasetError(f"--source-dir {source_dir} is not a directory; point it at the folder holding train.csv and test.csv")
+        raise UserError(f"--source-dir {source_dir} is not a directory; point it at the folder holding train.csv and test.csv")
     paths = {split: source_dir / f"{split}.csv" for split in SPLITS}
     for split, path in paths.items():
         if not path.is_file():
-            raise DatasetError(f"missing split: {path} not found; --source-dir needs both train.csv and test.csv")
+            raise UserError(f"missing split: {path} not found; --source-dir needs both train.csv and test.csv")
     return paths
 
 
@@ -61,8 +62,8 @@ def download_split_csvs(repo: str, cache_dir: Optional[Path] = None, timeout: fl
             except (urllib.error.URLError, OSError) as e:
                 tmp.unlink(missing_ok=True)
                 reason = getattr(e, "reason", e)
-                raise DatasetError(f"cannot download {url} ({reason}); without network use --source-dir DIR "
-                                   f"(a local copy of train.csv/test.csv) or --generate N_TRAIN --generate-test N_TEST") from None
+                raise UserError(f"cannot download {url} ({reason}); without network use --source-dir DIR "
+                                f"(a local copy of train.csv/test.csv) or --generate N_TRAIN --generate-test N_TEST") from None
             os.replace(tmp, path)
         paths[split] = path
     return paths
@@ -77,7 +78,7 @@ def choose_csv_source(args, default_repo: str, dataset_name: str, fallback_count
     elif args.source_dir is None and args.generate is None:
         try:
             args.source_dir = download_split_csvs(default_repo)["train"].parent
-        except DatasetError as e:
+        except UserError as e:
             args.generate = fallback_count
             print(f"notice: {e}\nnotice: falling back to the built-in generator (--generate {args.generate} "
                   f"--generate-test {args.generate_test or 1000} --size {args.size}); this is NOT {dataset_name}", file=sys.stderr)

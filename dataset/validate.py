@@ -19,23 +19,24 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from dataset.format import SET_FIELDS, SPLITS, DatasetError, PuzzleDatasetMetadata, read_metadata, set_array_path
-from utils.errors import user_errors
+from dataset.format import SET_FIELDS, SPLITS, PuzzleDatasetMetadata, read_metadata, set_array_path
+from dataset.text import check_text_dataset, is_text_dataset
+from utils.errors import UserError, user_errors
 
 CHUNK_ROWS = 1 << 16
 
 
 def _check_indices(where: str, idx: np.ndarray, end: int, what: str) -> None:
     if idx.ndim != 1 or idx.dtype.kind not in "iu":
-        raise DatasetError(f"{where}: expected a 1-D integer array, got {idx.dtype} {idx.shape}")
+        raise UserError(f"{where}: expected a 1-D integer array, got {idx.dtype} {idx.shape}")
     if len(idx) == 0 or idx[0] != 0:
-        raise DatasetError(f"{where}: must start at 0")
+        raise UserError(f"{where}: must start at 0")
     steps = np.diff(idx.astype(np.int64))
     if (steps <= 0).any():
         at = int(np.flatnonzero(steps <= 0)[0])
-        raise DatasetError(f"{where}: not strictly increasing at position {at + 1} ({idx[at]} -> {idx[at + 1]})")
+        raise UserError(f"{where}: not strictly increasing at position {at + 1} ({idx[at]} -> {idx[at + 1]})")
     if idx[-1] != end:
-        raise DatasetError(f"{where}: ends at {idx[-1]} but there are {end} {what}")
+        raise UserError(f"{where}: ends at {idx[-1]} but there are {end} {what}")
 
 
 def _check_values(where: str, array: np.ndarray, vocab_size: int, allowed_extra=None) -> None:
@@ -47,33 +48,33 @@ def _check_values(where: str, array: np.ndarray, vocab_size: int, allowed_extra=
         if bad.any():
             row, col = np.argwhere(bad)[0]
             extra = "" if allowed_extra is None else f" or ignore_label_id {allowed_extra}"
-            raise DatasetError(f"{where}: value {chunk[row, col]} at row {start + row}, position {col} is outside [0, {vocab_size}){extra}")
+            raise UserError(f"{where}: value {chunk[row, col]} at row {start + row}, position {col} is outside [0, {vocab_size}){extra}")
 
 
 def check_set(split_dir: Path, name: str, meta: PuzzleDatasetMetadata) -> Dict[str, int]:
     arrays, paths = {}, {field: set_array_path(split_dir, name, field) for field in SET_FIELDS}
     for field, path in paths.items():
         if not path.is_file():
-            raise DatasetError(f"{path}: missing (set '{name}' is listed in dataset.json)")
+            raise UserError(f"{path}: missing (set '{name}' is listed in dataset.json)")
         try:
             arrays[field] = np.load(path, mmap_mode="r" if field in ("inputs", "labels") else None)
         except (ValueError, OSError) as e:
-            raise DatasetError(f"{path}: not a readable .npy array ({e})") from None
+            raise UserError(f"{path}: not a readable .npy array ({e})") from None
     inputs, labels = arrays["inputs"], arrays["labels"]
     if inputs.ndim != 2 or inputs.shape[1] != meta.seq_len:
-        raise DatasetError(f"{paths['inputs']}: shape {inputs.shape}, expected [examples, seq_len={meta.seq_len}]")
+        raise UserError(f"{paths['inputs']}: shape {inputs.shape}, expected [examples, seq_len={meta.seq_len}]")
     if labels.shape != inputs.shape:
-        raise DatasetError(f"{paths['labels']}: shape {labels.shape} differs from inputs {inputs.shape}")
+        raise UserError(f"{paths['labels']}: shape {labels.shape} differs from inputs {inputs.shape}")
     for field in ("inputs", "labels"):
         if arrays[field].dtype.kind not in "iu":
-            raise DatasetError(f"{paths[field]}: dtype {arrays[field].dtype} is not an integer type")
+            raise UserError(f"{paths[field]}: dtype {arrays[field].dtype} is not an integer type")
     _check_indices(str(paths["puzzle_indices"]), arrays["puzzle_indices"], len(inputs), "examples")
     num_puzzles = len(arrays["puzzle_indices"]) - 1
     ids = arrays["puzzle_identifiers"]
     if ids.ndim != 1 or ids.dtype.kind not in "iu" or len(ids) != num_puzzles:
-        raise DatasetError(f"{paths['puzzle_identifiers']}: expected {num_puzzles} integer ids (one per puzzle), got {ids.dtype} {ids.shape}")
+        raise UserError(f"{paths['puzzle_identifiers']}: expected {num_puzzles} integer ids (one per puzzle), got {ids.dtype} {ids.shape}")
     if len(ids) and (ids.min() < 0 or ids.max() >= meta.num_puzzle_identifiers):
-        raise DatasetError(f"{paths['puzzle_identifiers']}: ids span [{ids.min()}, {ids.max()}] outside [0, num_puzzle_identifiers={meta.num_puzzle_identifiers})")
+        raise UserError(f"{paths['puzzle_identifiers']}: ids span [{ids.min()}, {ids.max()}] outside [0, num_puzzle_identifiers={meta.num_puzzle_identifiers})")
     _check_indices(str(paths["group_indices"]), arrays["group_indices"], num_puzzles, "puzzles")
     _check_values(str(paths["inputs"]), inputs, meta.vocab_size)
     ignore = meta.ignore_label_id if meta.ignore_label_id is not None and not 0 <= meta.ignore_label_id < meta.vocab_size else None
@@ -86,22 +87,22 @@ def check_split(split_dir: Path, num_identifiers: Optional[int],
     """`num_identifiers`: the length of identifiers.json (None: not checked). `set_sizes` receives each set's
     examples, puzzles and groups."""
     if not split_dir.is_dir():
-        raise DatasetError(f"missing split: {split_dir} does not exist")
+        raise UserError(f"missing split: {split_dir} does not exist")
     try:
         meta = read_metadata(split_dir)
     except (FileNotFoundError, ValueError) as e:
-        raise DatasetError(str(e)) from None
+        raise UserError(str(e)) from None
     where = f"{split_dir}/dataset.json"
     if meta.seq_len <= 0 or meta.vocab_size <= 0:
-        raise DatasetError(f"{where}: seq_len and vocab_size must be positive")
+        raise UserError(f"{where}: seq_len and vocab_size must be positive")
     if not 0 <= meta.pad_id < meta.vocab_size:
-        raise DatasetError(f"{where}: pad_id {meta.pad_id} outside [0, vocab_size={meta.vocab_size})")
+        raise UserError(f"{where}: pad_id {meta.pad_id} outside [0, vocab_size={meta.vocab_size})")
     if num_identifiers is not None and meta.num_puzzle_identifiers != num_identifiers:
-        raise DatasetError(f"{where}: num_puzzle_identifiers {meta.num_puzzle_identifiers} but identifiers.json lists {num_identifiers}")
+        raise UserError(f"{where}: num_puzzle_identifiers {meta.num_puzzle_identifiers} but identifiers.json lists {num_identifiers}")
     if not 0 <= meta.blank_identifier_id < meta.num_puzzle_identifiers:
-        raise DatasetError(f"{where}: blank_identifier_id {meta.blank_identifier_id} outside [0, {meta.num_puzzle_identifiers})")
+        raise UserError(f"{where}: blank_identifier_id {meta.blank_identifier_id} outside [0, {meta.num_puzzle_identifiers})")
     if not meta.sets or len(set(meta.sets)) != len(meta.sets):
-        raise DatasetError(f"{where}: sets {meta.sets} must be a non-empty list of distinct names")
+        raise UserError(f"{where}: sets {meta.sets} must be a non-empty list of distinct names")
     totals = {"examples": 0, "puzzles": 0, "groups": 0}
     for name in meta.sets:
         sizes = check_set(split_dir, name, meta)
@@ -110,14 +111,14 @@ def check_split(split_dir: Path, num_identifiers: Optional[int],
         for key, value in sizes.items():
             totals[key] += value
     if meta.total_groups != totals["groups"]:
-        raise DatasetError(f"{where}: total_groups {meta.total_groups} but the sets hold {totals['groups']} groups")
+        raise UserError(f"{where}: total_groups {meta.total_groups} but the sets hold {totals['groups']} groups")
     # The reference Sudoku and Maze builders store the group count as total_puzzles (each puzzle has one example).
     reference_quirk = meta.total_puzzles == totals["groups"] and totals["examples"] == totals["puzzles"]
     if meta.total_puzzles != totals["puzzles"] and not reference_quirk:
-        raise DatasetError(f"{where}: total_puzzles {meta.total_puzzles} but the sets hold {totals['puzzles']} puzzles")
+        raise UserError(f"{where}: total_puzzles {meta.total_puzzles} but the sets hold {totals['puzzles']} puzzles")
     mean = totals["examples"] / max(totals["puzzles"], 1)
     if not math.isclose(meta.mean_puzzle_examples, mean, rel_tol=1e-6):
-        raise DatasetError(f"{where}: mean_puzzle_examples {meta.mean_puzzle_examples} but the sets hold {mean:.6g} examples per puzzle")
+        raise UserError(f"{where}: mean_puzzle_examples {meta.mean_puzzle_examples} but the sets hold {mean:.6g} examples per puzzle")
     return meta
 
 
@@ -127,13 +128,13 @@ def identifier_count(root: Path, required: bool = True) -> Optional[int]:
     if not ids_path.is_file():
         if not required:
             return None
-        raise DatasetError(f"{ids_path} is missing; every dataset lists its puzzle identifiers (at least [\"<blank>\"])")
+        raise UserError(f"{ids_path} is missing; every dataset lists its puzzle identifiers (at least [\"<blank>\"])")
     try:
         identifiers = json.loads(ids_path.read_text())
     except json.JSONDecodeError as e:
-        raise DatasetError(f"{ids_path}: not valid JSON ({e})") from None
+        raise UserError(f"{ids_path}: not valid JSON ({e})") from None
     if not isinstance(identifiers, list) or not identifiers or not all(isinstance(n, str) for n in identifiers):
-        raise DatasetError(f"{ids_path}: expected a non-empty list of names, index 0 = \"<blank>\"")
+        raise UserError(f"{ids_path}: expected a non-empty list of names, index 0 = \"<blank>\"")
     return len(identifiers)
 
 
@@ -143,23 +144,26 @@ def check_dataset(directory, splits=SPLITS, identifiers_required: bool = True,
     receives {split: {set: sizes}}."""
     root = Path(directory)
     if root.is_file():
-        raise DatasetError(f"{root} is a file, not a dataset directory: give the directory holding train/ and test/")
+        raise UserError(f"{root} is a file, not a dataset directory: give the directory holding train/ and test/")
     if not root.is_dir():
-        raise DatasetError(f"{root} is not a directory; pass the dataset's output dir (holding train/ and test/)")
-    count = identifier_count(root, identifiers_required)
+        raise UserError(f"{root} is not a directory; pass the dataset's output dir (holding train/ and test/)")
+    text = is_text_dataset(root)  # text datasets from before identifiers.json was written lack it
+    count = identifier_count(root, identifiers_required and not text)
     metas = {}
     for split in splits:
         sizes = {} if set_sizes is None else set_sizes.setdefault(split, {})
         metas[split] = check_split(root / split, count, sizes)
     for key in ("seq_len", "vocab_size", "num_puzzle_identifiers"):
         if len(metas) == 2 and getattr(metas["train"], key) != getattr(metas["test"], key):
-            raise DatasetError(f"{root}: train and test disagree on {key} ({getattr(metas['train'], key)} vs {getattr(metas['test'], key)})")
+            raise UserError(f"{root}: train and test disagree on {key} ({getattr(metas['train'], key)} vs {getattr(metas['test'], key)})")
+    if text:
+        check_text_dataset(root, metas)
     test_puzzles = root / "test_puzzles.json"
     if "test" in metas and test_puzzles.exists():
         try:
             json.loads(test_puzzles.read_text())
         except json.JSONDecodeError as e:
-            raise DatasetError(f"{test_puzzles}: not valid JSON ({e})") from None
+            raise UserError(f"{test_puzzles}: not valid JSON ({e})") from None
     return metas
 
 

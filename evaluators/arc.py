@@ -10,6 +10,7 @@ import torch
 from dataset.arc_codec import crop_sizes, grid_hash, inverse_augment_grid, parse_augment_name, to_grid
 from dataset.format import PuzzleDatasetMetadata
 from utils.distributed import gather_to_rank0
+from utils.errors import MissingFile
 
 
 def vote(candidates: Sequence[Tuple[str, float]]) -> List[Tuple[str, int, float]]:
@@ -30,7 +31,7 @@ class ARC:
                  pass_Ks: Sequence[int] = (1, 2, 5, 10, 100, 1000), aggregated_voting: bool = True):
         for required in ("identifiers.json", "test_puzzles.json"):
             if not os.path.isfile(os.path.join(data_path, required)):
-                raise FileNotFoundError(f"{os.path.join(data_path, required)} not found: the ARC evaluator needs a dataset "
+                raise MissingFile(f"{os.path.join(data_path, required)} not found: the ARC evaluator needs a dataset "
                                         f"built by dataset/build_arc_dataset.py (or drop arc@ARC from evaluators)")
         with open(os.path.join(data_path, "identifiers.json")) as f:
             self.identifier_names: List[str] = json.load(f)

@@ -5,6 +5,7 @@ import numpy as np
 from dataset.checkers import MAZE_CHARSET, is_valid_maze_path
 from dataset.format import PuzzleDatasetMetadata
 from evaluators.row_checks import RowCheckEvaluator
+from utils.errors import UserError
 
 
 class Maze(RowCheckEvaluator):
@@ -12,11 +13,11 @@ class Maze(RowCheckEvaluator):
 
     def __init__(self, data_path: str, eval_metadata: PuzzleDatasetMetadata, **kwargs):
         if kwargs:
-            raise TypeError(f"Maze evaluator got unknown options {sorted(kwargs)}; it takes none")
+            raise UserError(f"Maze evaluator got unknown options {sorted(kwargs)}; it takes none")
         side = int(round(eval_metadata.seq_len ** 0.5))
         if side * side != eval_metadata.seq_len or eval_metadata.vocab_size != len(MAZE_CHARSET) + 1:
-            raise ValueError(f"Maze evaluator: seq_len {eval_metadata.seq_len} / vocab_size {eval_metadata.vocab_size} is not "
-                             f"a square maze over {MAZE_CHARSET!r} (vocab {len(MAZE_CHARSET) + 1}); use maze@Maze only with Maze datasets")
+            raise UserError(f"Maze evaluator: seq_len {eval_metadata.seq_len} / vocab_size {eval_metadata.vocab_size} is not "
+                            f"a square maze over {MAZE_CHARSET!r} (vocab {len(MAZE_CHARSET) + 1}); use maze@Maze only with Maze datasets")
         self.side = side
         self.begin_eval()
 

@@ -14,8 +14,9 @@ from dataset.format import IGNORE_LABEL_ID
 from dataset.kinds import guess_kind, run_hints
 from inference.encoding import decode_answer, encode, read_vocabulary
 from evaluation.halting import run_rows
-from models.loading import InputError, LoadedCheckpoint, load_checkpoint, test_split_paths
+from models.loading import LoadedCheckpoint, load_checkpoint, test_split_paths
 from utils.device import pick_device
+from utils.errors import UserError
 
 
 @dataclass
@@ -43,9 +44,9 @@ class Solver:
         self.vocab = read_vocabulary(data_paths[0]) if data_paths else None
         self.kind = kind or ("custom" if self.vocab else guess_kind(loaded.metadata, run_hints(loaded.run_config, data_paths)))
         if self.kind is None:
-            raise InputError(f"cannot tell whether {loaded.weights} solves sudoku, maze or arc puzzles: pass kind=...")
+            raise UserError(f"cannot tell whether {loaded.weights} solves sudoku, maze or arc puzzles: pass kind=...")
         if self.kind == "custom" and self.vocab is None:
-            raise InputError(f"kind='custom' needs the dataset's vocab.json: pass data_path=<the run's dataset>")
+            raise UserError(f"kind='custom' needs the dataset's vocab.json: pass data_path=<the run's dataset>")
 
     @classmethod
     def from_checkpoint(cls, path, device: str = "auto", kind: Optional[str] = None, data_path: Optional[str] = None,
@@ -87,14 +88,14 @@ class Solver:
     def _run(self, rows: List[np.ndarray], identifiers: List[Optional[int]], halt: str, halt_threshold: float,
              return_steps: bool) -> List[Solution]:
         if halt not in ("fixed", "adaptive"):
-            raise InputError(f"halt={halt!r}: use fixed or adaptive")
+            raise UserError(f"halt={halt!r}: use fixed or adaptive")
         if halt == "adaptive" and not 0 < halt_threshold < 1:
-            raise InputError(f"halt_threshold={halt_threshold}: a halting confidence lies strictly between 0 and 1 (e.g. 0.5)")
+            raise UserError(f"halt_threshold={halt_threshold}: a halting confidence lies strictly between 0 and 1 (e.g. 0.5)")
         if not rows:
             return []
         inputs = torch.tensor(np.stack(rows), dtype=torch.int32)
         if inputs.shape[1] != self.seq_len:
-            raise InputError(f"puzzle has {inputs.shape[1]} tokens but this checkpoint takes seq_len {self.seq_len}")
+            raise UserError(f"puzzle has {inputs.shape[1]} tokens but this checkpoint takes seq_len {self.seq_len}")
         ids = torch.tensor([self.blank_identifier_id if i is None else int(i) for i in identifiers], dtype=torch.int32)
         batch = {"inputs": inputs, "labels": torch.full_like(inputs, IGNORE_LABEL_ID), "puzzle_identifiers": ids}
         batch, outputs = run_rows(self.head, batch, halt_threshold if halt == "adaptive" else None, self.device,

@@ -12,8 +12,8 @@ import numpy as np
 
 from dataset.format import set_array_path
 from dataset.kinds import KINDS
-from models.loading import QUICKSTART_DIR, InputError, test_split_paths
-from utils.errors import user_errors
+from models.loading import QUICKSTART_DIR, test_split_paths
+from utils.errors import UserError, user_errors
 
 OPTIONS = {"checkpoint": QUICKSTART_DIR, "index": "0", "halt": "adaptive", "halt_threshold": "0.5", "delay": "0.5",
            "device": "auto"}
@@ -24,7 +24,7 @@ def parse_args(argv: List[str]) -> Dict[str, str]:
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep or key not in OPTIONS:
-            raise InputError(f"unknown argument {arg!r}: use key=value with keys {', '.join(OPTIONS)}")
+            raise UserError(f"unknown argument {arg!r}: use key=value with keys {', '.join(OPTIONS)}")
         options[key] = value
     return options
 
@@ -34,7 +34,7 @@ def held_out_puzzle(data_path: str, index: int):
     directory = os.path.join(data_path, "test")
     inputs = np.load(set_array_path(directory, "all", "inputs"), mmap_mode="r")
     if not 0 <= index < len(inputs):
-        raise InputError(f"index={index}: the test split of {data_path} has {len(inputs)} puzzles")
+        raise UserError(f"index={index}: the test split of {data_path} has {len(inputs)} puzzles")
     labels = np.load(set_array_path(directory, "all", "labels"), mmap_mode="r")
     return np.array(inputs[index]), np.array(labels[index])
 
@@ -43,7 +43,7 @@ def number(options: Dict[str, str], key: str, kind: type):
     try:
         return kind(options[key])
     except ValueError:
-        raise InputError(f"{key}={options[key]!r} is not a{'n integer' if kind is int else ' number'}") from None
+        raise UserError(f"{key}={options[key]!r} is not a{'n integer' if kind is int else ' number'}") from None
 
 
 @user_errors
@@ -53,15 +53,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     options = parse_args(sys.argv[1:] if argv is None else argv)
     index, threshold, delay = number(options, "index", int), number(options, "halt_threshold", float), number(options, "delay", float)
     if options["checkpoint"] == QUICKSTART_DIR and not os.path.isdir(QUICKSTART_DIR):
-        raise InputError(f"no checkpoint under {QUICKSTART_DIR}/: give checkpoint=<run dir or weights file>, or train "
-                         f"the quickstart one with python pretrain.py +experiment=quickstart")
+        raise UserError(f"no checkpoint under {QUICKSTART_DIR}/: give checkpoint=<run dir or weights file>, or train "
+                        f"the quickstart one with python pretrain.py +experiment=quickstart")
     solver = Solver.from_checkpoint(options["checkpoint"], device=options["device"])
     if solver.kind not in KINDS:
-        raise InputError(f"the demo draws {', '.join(KINDS)} puzzles, not {solver.kind} ones: use inference.api.Solver "
-                         f"for this checkpoint")
+        raise UserError(f"the demo draws {', '.join(KINDS)} puzzles, not {solver.kind} ones: use inference.api.Solver "
+                        f"for this checkpoint")
     data_paths = test_split_paths(solver.loaded.run_config or {})
     if not data_paths or not os.path.isdir(os.path.join(data_paths[0], "test")):
-        raise InputError(f"the test split of this run's dataset ({data_paths or 'unknown'}) is not on disk: build it first")
+        raise UserError(f"the test split of this run's dataset ({data_paths or 'unknown'}) is not on disk: build it first")
     puzzle, label = held_out_puzzle(data_paths[0], index)
     solution = solver.solve_tokens(puzzle[None], halt=options["halt"], halt_threshold=threshold, return_steps=True)[0]
 

@@ -8,11 +8,10 @@ from typing import Any, List, Optional, Sequence, Union
 
 import numpy as np
 
-from dataset.arc_codec import GRID_SIZE, ARCInputError, encode_grid, to_grid
+from dataset.arc_codec import GRID_SIZE, encode_grid, to_grid
 from dataset.checkers import MAZE_CHARSET
-from dataset.format import DatasetError
-from models.loading import InputError
 from visualize.decode import decode
+from utils.errors import UserError
 
 
 def _side(seq_len: int) -> int:
@@ -26,16 +25,16 @@ def encode_sudoku(grid: Any, seq_len: int) -> np.ndarray:
     except ValueError:  # ragged rows
         raw = np.array(None)
     if raw.dtype.kind not in "iuf" or (raw.dtype.kind == "f" and not np.isfinite(raw).all()):
-        raise InputError(f"Sudoku must be an {n}x{n} list of rows of digits (0 for blanks)")
+        raise UserError(f"Sudoku must be an {n}x{n} list of rows of digits (0 for blanks)")
     board = raw.astype(np.int64)
     if raw.dtype.kind == "f" and (board != raw).any():
-        raise InputError(f"Sudoku cell {raw[board != raw][0]:g} is not a whole number: give digits 0-{n} (0 for a blank)")
+        raise UserError(f"Sudoku cell {raw[board != raw][0]:g} is not a whole number: give digits 0-{n} (0 for a blank)")
     if board.shape != (n, n):
-        raise InputError(f"Sudoku is {'x'.join(map(str, board.shape)) or 'a scalar'} but this checkpoint solves {n}x{n} "
-                         f"boards (seq_len {seq_len}): give {n} rows of {n} digits")
+        raise UserError(f"Sudoku is {'x'.join(map(str, board.shape)) or 'a scalar'} but this checkpoint solves {n}x{n} "
+                        f"boards (seq_len {seq_len}): give {n} rows of {n} digits")
     bad = board[(board < 0) | (board > n)]
     if bad.size:
-        raise InputError(f"Sudoku digit {int(bad[0])} outside 0-{n} (0 for a blank) for a {n}x{n} board")
+        raise UserError(f"Sudoku digit {int(bad[0])} outside 0-{n} (0 for a blank) for a {n}x{n} board")
     return (board + 1).reshape(-1)
 
 
@@ -48,24 +47,16 @@ def encode_maze(maze: Union[str, Sequence[str]], seq_len: int) -> np.ndarray:
     lines = maze_lines(maze)
     if len(lines) != n or any(len(line) != n for line in lines):
         widths = sorted({len(line) for line in lines})
-        raise InputError(f"maze has {len(lines)} lines of width {widths} but this checkpoint solves {n}x{n} mazes "
-                         f"(seq_len {seq_len}): give {n} lines of {n} characters")
+        raise UserError(f"maze has {len(lines)} lines of width {widths} but this checkpoint solves {n}x{n} mazes "
+                        f"(seq_len {seq_len}): give {n} lines of {n} characters")
     text = "".join(lines)
     bad = sorted(set(text) - set(MAZE_CHARSET))
     if bad:
-        raise InputError(f"maze character {bad[0]!r} is not one of {MAZE_CHARSET!r} (wall '#', open ' ', start 'S', goal 'G')")
+        raise UserError(f"maze character {bad[0]!r} is not one of {MAZE_CHARSET!r} (wall '#', open ' ', start 'S', goal 'G')")
     for mark, name in (("S", "start"), ("G", "goal")):
         if text.count(mark) != 1:
-            raise InputError(f"maze has {text.count(mark)} {name} cells '{mark}': mark exactly one")
+            raise UserError(f"maze has {text.count(mark)} {name} cells '{mark}': mark exactly one")
     return np.array([MAZE_CHARSET.index(ch) + 1 for ch in text], dtype=np.int64)
-
-
-def arc_grid(value: Any, where: str) -> np.ndarray:
-    """The dataset builder's checks (rectangular, at most 30x30, colours 0-9), raised as an inference InputError."""
-    try:
-        return to_grid(value, where)
-    except ARCInputError as e:
-        raise InputError(str(e)) from None
 
 
 def arc_test_inputs(task: Any) -> List[np.ndarray]:
@@ -73,14 +64,14 @@ def arc_test_inputs(task: Any) -> List[np.ndarray]:
     if isinstance(task, dict):
         tests = task.get("test")
         if not isinstance(tests, list) or not tests or not all(isinstance(t, dict) and "input" in t for t in tests):
-            raise InputError("ARC task must have a non-empty 'test' list of {'input': grid} entries")
-        return [arc_grid(t["input"], f"ARC test input {i}") for i, t in enumerate(tests)]
-    return [arc_grid(task, "ARC grid")]
+            raise UserError("ARC task must have a non-empty 'test' list of {'input': grid} entries")
+        return [to_grid(t["input"], f"ARC test input {i}") for i, t in enumerate(tests)]
+    return [to_grid(task, "ARC grid")]
 
 
 def encode_arc(grid: np.ndarray, seq_len: int) -> np.ndarray:
     if seq_len != GRID_SIZE * GRID_SIZE:
-        raise InputError(f"this checkpoint has seq_len {seq_len}, not an ARC model ({GRID_SIZE * GRID_SIZE})")
+        raise UserError(f"this checkpoint has seq_len {seq_len}, not an ARC model ({GRID_SIZE * GRID_SIZE})")
     return encode_grid(grid).astype(np.int64)
 
 
@@ -96,12 +87,9 @@ def encode_custom(puzzle: Any, vocab: dict, seq_len: int) -> np.ndarray:
     symbols, (height, width) = vocab["symbols"], vocab["grid"]
     token = {s: i for i, s in enumerate(symbols) if i}
     token.update({int(s): i for s, i in list(token.items()) if s.isdigit()})  # integer symbols are stored as text
-    try:
-        grid = to_grid(puzzle, "puzzle", Vocabulary(token, symbols, f"the dataset's symbols {''.join(symbols[1:])!r}"))
-    except DatasetError as e:
-        raise InputError(str(e)) from None
+    grid = to_grid(puzzle, "puzzle", Vocabulary(token, symbols, f"the dataset's symbols {''.join(symbols[1:])!r}"))
     if grid.shape[0] > height or grid.shape[1] > width:
-        raise InputError(f"puzzle is {grid.shape[0]}x{grid.shape[1]} but this checkpoint's canvas is {height}x{width}")
+        raise UserError(f"puzzle is {grid.shape[0]}x{grid.shape[1]} but this checkpoint's canvas is {height}x{width}")
     canvas = np.zeros((height, width), dtype=np.int64)
     canvas[:grid.shape[0], :grid.shape[1]] = grid
     return canvas.reshape(-1)
@@ -124,7 +112,7 @@ def encode(puzzle: Any, kind: str, seq_len: int, vocab: Optional[dict] = None) -
         return [encode_maze(puzzle, seq_len)]
     if kind == "arc":
         return [encode_arc(g, seq_len) for g in arc_test_inputs(puzzle)]
-    raise InputError(f"unknown puzzle kind {kind!r}; use one of sudoku, maze, arc, custom")
+    raise UserError(f"unknown puzzle kind {kind!r}; use one of sudoku, maze, arc, custom")
 
 
 def decode_answer(tokens: np.ndarray, kind: str, vocab: Optional[dict] = None):

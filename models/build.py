@@ -8,7 +8,7 @@ from torch import nn
 from dataset.format import PuzzleDatasetMetadata
 from models.recursive_reasoning.act import parse_config
 from models.recursive_reasoning.common import puzzle_emb_rows
-from utils.errors import ConfigError
+from utils.errors import UserError, validation_problem
 from utils.functions import load_model_class
 
 
@@ -30,13 +30,14 @@ Arch = Union[ArchConfig, Dict[str, Any]]
 
 
 def arch_config(arch: Arch) -> ArchConfig:
-    """`arch` validated (a dict, e.g. from a run's all_config.yaml), or a ConfigError line."""
+    """`arch` validated (a dict, e.g. from a run's all_config.yaml), or a UserError line."""
     if isinstance(arch, ArchConfig):
         return arch
     try:
         return ArchConfig.model_validate(arch)
-    except pydantic.ValidationError as e:  # pydantic's report, shortened
-        raise ConfigError(f"arch: {str(e).splitlines()[0]} (give arch=<name> and arch.* overrides)") from None
+    except pydantic.ValidationError as e:
+        _, key, msg, _ = validation_problem(e)
+        raise UserError(f"arch.{key}: {msg} (give arch=<name> and arch.* overrides)" if key else f"arch: {msg}") from None
 
 
 def sizes_metadata(vocab_size: int, seq_len: int, num_puzzle_identifiers: int = 1) -> PuzzleDatasetMetadata:
@@ -70,8 +71,8 @@ def build_loss_head(arch: Arch, metadata: PuzzleDatasetMetadata, batch_size: int
         loss_cls = load_model_class(arch.loss.name)
         model = model_cls(model_config_dict(arch, metadata, batch_size, forward_dtype))
         return loss_cls(model, **loss_kwargs)
-    except ValueError as e:  # the models state bad configuration in one line
-        raise ConfigError(f"arch: {e}") from None
+    except UserError as e:  # the models state bad configuration in one line
+        raise UserError(f"arch: {e}") from None
 
 
 def puzzle_rows(arch: Arch) -> int:
@@ -81,5 +82,5 @@ def puzzle_rows(arch: Arch) -> int:
     try:
         config_class = load_model_class(arch.name).config_class
         return puzzle_emb_rows(parse_config(config_class, model_config_dict(arch, sizes_metadata(1, 1), 1, "float32")))
-    except ValueError as e:
-        raise ConfigError(f"arch: {e}") from None
+    except UserError as e:
+        raise UserError(f"arch: {e}") from None

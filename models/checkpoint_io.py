@@ -8,8 +8,8 @@ from typing import Any, Dict, Optional, Pattern, Union
 
 import torch
 from torch import nn
+from utils.errors import MissingFile, UserError
 
-from utils.errors import ConfigError
 
 COMPILED_ATTR = "_orig_mod"                 # where torch.compile's wrapper keeps the module
 COMPILED_PREFIX = COMPILED_ATTR + "."      # ... and so the prefix of its state dict's keys
@@ -103,15 +103,11 @@ def remove_stale_temporaries(directory: str) -> None:
 
 
 # ------------------------------------------------------------------ the safe reader
-class MissingCheckpoint(ConfigError, FileNotFoundError):
-    """A checkpoint path that names no file (a FileNotFoundError too, for code that asks for one)."""
-
-
 def read_checkpoint_file(path: str, what: str, mmap: bool = False) -> Dict[str, Any]:
-    """torch.load(weights_only=True) of a dict, or one ConfigError line naming the file and the problem. `mmap`:
+    """torch.load(weights_only=True) of a dict, or one UserError line naming the file and the problem. `mmap`:
     tensors stay views of the file (pages read when used, shared between the processes of a node)."""
     if not os.path.isfile(path):
-        raise MissingCheckpoint(f"{what} '{path}' not found: give an existing file (<run dir>/step_<N> or state_<N>.pt)")
+        raise MissingFile(f"{what} '{path}' not found: give an existing file (<run dir>/step_<N> or state_<N>.pt)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
@@ -126,9 +122,9 @@ def read_checkpoint_file(path: str, what: str, mmap: bool = False) -> Dict[str, 
                      if not line.startswith(("Weights only load failed", "Check the documentation"))]
             detail = next((line.split(". ")[0][:200] for line in lines if line), "no detail")
             reason = f"truncated or corrupt ({type(e).__name__}: {detail})"
-        raise ConfigError(f"{what} '{path}' cannot be loaded: {reason}") from None
+        raise UserError(f"{what} '{path}' cannot be loaded: {reason}") from None
     if not isinstance(obj, dict):
-        raise ConfigError(f"{what} '{path}' holds a {type(obj).__name__}, not a state dict")
+        raise UserError(f"{what} '{path}' holds a {type(obj).__name__}, not a state dict")
     return obj
 
 
@@ -136,7 +132,7 @@ def read_weights_file(path: str, what: str = "checkpoint") -> Dict[str, torch.Te
     """A weights file (step_<N>): read_checkpoint_file, and every value a tensor."""
     state = read_checkpoint_file(path, what)
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"{what} '{path}' is not a weights file (a dict of tensors): give <run dir>/step_<N>")
+        raise UserError(f"{what} '{path}' is not a weights file (a dict of tensors): give <run dir>/step_<N>")
     return state
 
 
@@ -188,5 +184,5 @@ def load_reference_checkpoint(head: nn.Module, source: Union[str, Dict[str, torc
             state_dict[key] = value.mean(dim=0, keepdim=True).expand(own[key].shape).contiguous()
     problem = mismatch(own, state_dict, strict)
     if problem:
-        raise ValueError(problem)
+        raise UserError(problem)
     module.load_state_dict(state_dict, strict=strict)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.common import trunc_normal_init_
+from utils.errors import UserError
 
 CosSin = Tuple[torch.Tensor, torch.Tensor]
 
@@ -138,7 +139,7 @@ class Attention(nn.Module):
     def __init__(self, hidden_size: int, num_heads: int, causal: bool = False):
         super().__init__()
         if hidden_size % num_heads:
-            raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
+            raise UserError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
         self.causal = causal

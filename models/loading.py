@@ -18,10 +18,6 @@ from utils.errors import UserError
 QUICKSTART_DIR = os.path.join("checkpoints", "Sudoku6-quick-ACT-torch")
 
 
-class InputError(UserError):
-    """Bad input from the user (a path, a puzzle, a dataset), stated in one line."""
-
-
 def find_weights(path) -> Path:
     """A weights file as given; in a run directory its highest step_<N>; in a directory of runs (e.g. a project
     under checkpoints/) the highest step of the run written last."""
@@ -29,10 +25,10 @@ def find_weights(path) -> Path:
     if path.is_file():
         return path
     if not path.is_dir():
-        raise InputError(f"checkpoint '{path}' not found: give a weights file (<run dir>/step_<N>) or a run directory")
+        raise UserError(f"checkpoint '{path}' not found: give a weights file (<run dir>/step_<N>) or a run directory")
     found = highest_step_file(path, WEIGHTS_FILE)
     if found is None:
-        raise InputError(f"no step_<N> weights in '{path}' or its sub-directories: train one first or give the file")
+        raise UserError(f"no step_<N> weights in '{path}' or its sub-directories: train one first or give the file")
     return Path(found)
 
 
@@ -51,7 +47,7 @@ def test_split_paths(run_config: Dict[str, Any]) -> List[str]:
 def read_split_metadata(data_path: str, split: str = "test") -> PuzzleDatasetMetadata:
     directory = os.path.join(data_path, split)
     if not os.path.isfile(os.path.join(directory, "dataset.json")):
-        raise InputError(f"dataset '{data_path}' has no {split}/dataset.json: build it first or fix data_paths")
+        raise UserError(f"dataset '{data_path}' has no {split}/dataset.json: build it first or fix data_paths")
     return read_metadata(directory)
 
 
@@ -89,14 +85,14 @@ def check_dataset_fits(metadata: PuzzleDatasetMetadata, shape: CheckpointShape, 
     vocab = shape.vocab_size or (trained.vocab_size if trained else None)
     seq_len = shape.seq_len or (trained.seq_len if trained else None)
     if vocab is not None and metadata.vocab_size != vocab:
-        raise InputError(f"dataset {data_name} has vocab_size {metadata.vocab_size} but the checkpoint was trained with "
-                         f"{vocab}: evaluate on a dataset built like its training data")
+        raise UserError(f"dataset {data_name} has vocab_size {metadata.vocab_size} but the checkpoint was trained with "
+                        f"{vocab}: evaluate on a dataset built like its training data")
     if seq_len is not None and metadata.seq_len != seq_len:
-        raise InputError(f"dataset {data_name} has seq_len {metadata.seq_len} but the checkpoint was trained with "
-                         f"{seq_len}: evaluate on a dataset built like its training data")
+        raise UserError(f"dataset {data_name} has seq_len {metadata.seq_len} but the checkpoint was trained with "
+                        f"{seq_len}: evaluate on a dataset built like its training data")
     if shape.num_puzzle_identifiers is not None and metadata.num_puzzle_identifiers > shape.num_puzzle_identifiers:
-        raise InputError(f"dataset {data_name} has {metadata.num_puzzle_identifiers} puzzle identifiers but the checkpoint's "
-                         f"embedding has {shape.num_puzzle_identifiers}: evaluate on the dataset it was trained with")
+        raise UserError(f"dataset {data_name} has {metadata.num_puzzle_identifiers} puzzle identifiers but the checkpoint's "
+                        f"embedding has {shape.num_puzzle_identifiers}: evaluate on the dataset it was trained with")
 
 
 @dataclass
@@ -121,7 +117,7 @@ def load_checkpoint(path, device: torch.device, metadata: Optional[PuzzleDataset
     run_config = load_run_config(weights)
     if arch is None:
         if run_config is None or "arch" not in run_config:
-            raise InputError(f"no all_config.yaml beside '{weights}': give the architecture, e.g. arch=trm arch.hidden_size=...")
+            raise UserError(f"no all_config.yaml beside '{weights}': give the architecture, e.g. arch=trm arch.hidden_size=...")
         arch = run_config["arch"]
     arch = dict(arch)
     state = strip_compiled_prefix(read_weights_file(str(weights)))
@@ -138,8 +134,8 @@ def load_checkpoint(path, device: torch.device, metadata: Optional[PuzzleDataset
         metadata = trained
         if metadata is None:
             if shape.vocab_size is None or shape.seq_len is None:
-                raise InputError(f"cannot tell the sequence length of '{weights}' (its training data is not on disk): "
-                                 f"give data_paths=[<dataset it was trained on>]")
+                raise UserError(f"cannot tell the sequence length of '{weights}' (its training data is not on disk): "
+                                f"give data_paths=[<dataset it was trained on>]")
             metadata = sizes_metadata(shape.vocab_size, shape.seq_len, shape.num_puzzle_identifiers or 1)
     else:
         check_dataset_fits(metadata, shape, data_name or "given", trained)
@@ -151,8 +147,8 @@ def load_checkpoint(path, device: torch.device, metadata: Optional[PuzzleDataset
         head = build_loss_head(schema, metadata, batch_size, forward_dtype)
     try:
         load_reference_checkpoint(head, state)
-    except ValueError as e:
-        raise InputError(f"{weights}: {e}") from None
+    except UserError as e:
+        raise UserError(f"{weights}: {e}") from None
     head.eval()
     return LoadedCheckpoint(head=head, weights=weights, step=step_of(weights), arch=arch, metadata=metadata,
                             run_config=run_config, forward_dtype=forward_dtype)

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataset.format import IGNORE_LABEL_ID
+from utils.errors import UserError
 
 
 def stablemax_s(x: torch.Tensor, epsilon: float = 1e-30) -> torch.Tensor:
@@ -62,7 +63,7 @@ class ACTLossHead(nn.Module):
     def __init__(self, model: nn.Module, loss_type: str = "stablemax_cross_entropy"):
         super().__init__()
         if loss_type not in LOSS_FUNCTIONS:
-            raise ValueError(f"loss.loss_type='{loss_type}' is unknown; use one of {', '.join(LOSS_FUNCTIONS)}")
+            raise UserError(f"loss.loss_type='{loss_type}' is unknown; use one of {', '.join(LOSS_FUNCTIONS)}")
         self.model = model
         self.loss_fn = LOSS_FUNCTIONS[loss_type]
 

@@ -17,11 +17,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from dataset.format import set_array_path
-from training.checkpoint import (STATE_FORMAT, atomic_torch_save, capture_rng, find_state_file, load_weights_file,
-                                 read_training_state, remove_stale_temporaries, restore_carry, restore_rng,
-                                 resumed_config, save_weights, to_plain)
-from training.config import ConfigError
+from models.checkpoint_io import atomic_torch_save, remove_stale_temporaries, save_weights
+from training.checkpoint import (STATE_FORMAT, capture_rng, find_state_file, load_weights_file, read_training_state,
+                                 restore_carry, restore_rng, to_plain)
+from training.config import resumed_config
 from tests.helpers import QUIET_ENV, ROOT, TINY_ARCH, pretrain_command, read_metrics, tiny_head
+from utils.errors import UserError
 
 TINY = ["evaluators=[]", "global_batch_size=32", "epochs=4", "eval_interval=2", "lr=1e-3", "lr_warmup_steps=5",
         "ema=True", "ema_rate=0.9", "device=cpu", *TINY_ARCH]
@@ -125,7 +126,7 @@ def test_freeze_weights_fine_tunes_only_a_new_puzzle_table(sudoku4, uninterrupte
 
 def test_sigkill_during_a_save_leaves_the_previous_file_loadable(tmp_path):
     target = tmp_path / "state_1.pt"
-    writer = ("import sys, torch\nfrom training.checkpoint import atomic_torch_save\nbig = torch.zeros(4_000_000)\n"
+    writer = ("import sys, torch\nfrom models.checkpoint_io import atomic_torch_save\nbig = torch.zeros(4_000_000)\n"
               "for i in range(1, 10**6):\n    atomic_torch_save({'version': i, 'data': big + i}, sys.argv[1])\n"
               "    print(i, flush=True)\n")
     killed_mid_save = 0
@@ -186,7 +187,7 @@ def test_unusable_files_give_one_line_naming_the_file_and_the_problem(tmp_path):
              "other_keys": "missing keys ['model.inner.H_init'], unexpected keys ['model.inner.z_init']",
              "nowhere": "not found"}
     for name, problem in cases.items():
-        with pytest.raises(ConfigError) as info:
+        with pytest.raises(UserError) as info:
             load_weights_file(tiny_head(), str(tmp_path / name))
         message = str(info.value)
         assert "\n" not in message and f"'{tmp_path / name}'" in message and problem in message, message
@@ -238,9 +239,9 @@ def test_resume_finds_the_run_and_keeps_its_fixed_keys(tmp_path):
     assert find_state_file(str(project / "old"), str(project)) == str(project / "old" / "state_10.pt")
     assert find_state_file(str(project / "old" / "step_5"), str(project)) == str(project / "old" / "state_5.pt")
     (project / "old" / "state_5.pt").unlink()
-    with pytest.raises(ConfigError, match="no training state .* beside the weights file"):
+    with pytest.raises(UserError, match="no training state .* beside the weights file"):
         find_state_file(str(project / "old" / "step_5"), str(project))
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(UserError, match="not found"):
         find_state_file(str(tmp_path / "elsewhere"), str(project))
 
     with initialize_config_dir(config_dir=str(ROOT / "config"), version_base=None):
@@ -249,7 +250,7 @@ def test_resume_finds_the_run_and_keeps_its_fixed_keys(tmp_path):
     config = resumed_config(saved, cli, ["resume=x", "lr=3e-4"], str(project / "old" / "state_10.pt"))
     assert config.lr == 3e-4 and config.data_paths == ["d"] and config.run_name == "r"
     assert config.checkpoint_path == str(project / "old")
-    with pytest.raises(ConfigError, match=r"resume: global_batch_size was 768, now 64 since"):
+    with pytest.raises(UserError, match=r"resume: global_batch_size was 768, now 64 since"):
         resumed_config(saved, cli, ["resume=x", "global_batch_size=64"], str(project / "old" / "state_10.pt"))
 
 

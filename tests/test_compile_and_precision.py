@@ -6,7 +6,7 @@ import torch._dynamo
 
 import utils.device as device_module
 from utils.device import choose_forward_dtype, compile_failures_stop_the_run, maybe_compile
-from utils.errors import ConfigError
+from utils.errors import UserError
 
 
 @pytest.mark.parametrize("capability, expected", [((6, 0), "float32"), ((7, 0), "float32"), ((7, 5), "float32"),
@@ -33,7 +33,7 @@ def _broken_backend(graph_module, example_inputs):
 def test_a_compile_failure_stops_with_one_line_naming_how_to_turn_compilation_off(monkeypatch):
     monkeypatch.setattr(torch._dynamo.config, "suppress_errors", False)
     compiled = torch.compile(lambda x: x * 2 + 1, backend=_broken_backend)
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(UserError) as info:
         with compile_failures_stop_the_run():
             compiled(torch.ones(3))
     message = str(info.value)

@@ -6,7 +6,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from training.config import ConfigError, validate_config
+from training.config import validate_config
+from utils.errors import UserError
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "config")
 ARCHS = sorted(p.stem for p in Path(CONFIG_DIR, "arch").glob("*.yaml"))
@@ -72,7 +73,7 @@ def test_defaults_are_the_specs():
     (["wandb.mode=sometimes"], "bad config key 'wandb.mode'"),
 ])
 def test_bad_config_fails_with_one_line(overrides, message):
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(UserError) as info:
         validate_config(compose_raw(overrides))
     assert message in str(info.value)
     assert "\n" not in str(info.value)
@@ -111,5 +112,5 @@ def test_a_resumed_run_may_repeat_its_data_group_but_not_change_it():
     saved = compose_raw(["data=sudoku_extreme", "+run_name=r"])
     same, other = ["data=sudoku_extreme", "resume=x"], ["data=maze_hard", "resume=x"]
     assert resumed_config(saved, compose_raw(same), same, "run/state_1.pt").data_paths == saved["data_paths"]
-    with pytest.raises(ConfigError, match="data_paths cannot change when resuming"):
+    with pytest.raises(UserError, match="data_paths cannot change when resuming"):
         resumed_config(saved, compose_raw(other), other, "run/state_1.pt")

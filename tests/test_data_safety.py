@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from dataset import build_sudoku_dataset
-from dataset.format import DatasetError, set_array_path
+from dataset.format import set_array_path
 from tests.helpers import QUIET_ENV, ROOT, TINY_ARCH, build_sudoku4, pretrain_command
 from training.run_dir import run_lock
+from utils.errors import UserError
 
 QUIET = dict(QUIET_ENV, PYTHONPATH=str(ROOT))  # -m from any working directory
 
@@ -93,7 +94,7 @@ def test_a_killed_build_is_cleaned_up_and_a_dataset_set_aside_mid_swap_comes_bac
     build_sudoku_dataset.main(["--size", "4", "--generate", "10", "--generate-test", "4", "--workers", "1",
                                "--output-dir", str(data_dir / "b")])
     assert not leftover.exists()
-    with pytest.raises(DatasetError, match="already holds a dataset"):  # a is put back first, then guarded
+    with pytest.raises(UserError, match="already holds a dataset"):  # a is put back first, then guarded
         build_sudoku_dataset.parse_args(["--generate", "4", "--output-dir", str(data_dir / "a")])
     assert snapshot(data_dir / "a") == before  # byte for byte
     assert sorted(p.name for p in data_dir.iterdir()) == ["a", "b", "notes.txt"]

@@ -9,9 +9,10 @@ import pytest
 from dataset import build_arithmetic_dataset as arithmetic
 from dataset import build_custom_dataset as custom
 from dataset.dihedral import inverse_dihedral_transform
-from dataset.format import SPLITS, DatasetError
+from dataset.format import SPLITS
 from dataset.validate import validate
 from tests.helpers import read_set
+from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,16 +68,16 @@ def test_csv_strings_with_row_separator_and_predicted_padding(tmp_path):
     ([{"input": [1, 2], "output": [2, 1]}], ["--dihedral"], "--dihedral needs 2-D grids, but .*train.json pair 0 is a sequence"),
 ])
 def test_bad_json_inputs(tmp_path, train, args, message):
-    with pytest.raises(DatasetError, match=message):
+    with pytest.raises(UserError, match=message):
         run(tmp_path, "--train", write_json(tmp_path / "train.json", train), "--test", write_json(tmp_path / "test.json", TEST), *args)
 
 
 def test_bad_csv_row_and_missing_split(tmp_path):
     (tmp_path / "train.csv").write_text("input,output\nab,ba\nabc\n")
     test = write_json(tmp_path / "test.json", [{"input": "a", "output": "b"}])
-    with pytest.raises(DatasetError, match="train.csv row 3: expected 2 columns, got 1"):
+    with pytest.raises(UserError, match="train.csv row 3: expected 2 columns, got 1"):
         run(tmp_path, "--train", tmp_path / "train.csv", "--test", test)
-    with pytest.raises(DatasetError, match="missing split: .*nope.json"):
+    with pytest.raises(UserError, match="missing split: .*nope.json"):
         run(tmp_path, "--train", tmp_path / "nope.json", "--test", test)
 
 

@@ -10,11 +10,12 @@ import pytest
 from dataset import build_maze_dataset as builder
 from dataset.checkers import MAZE_CHARSET, is_valid_maze_path
 from dataset.dihedral import dihedral_transform, dihedral_transform_batch, inverse_dihedral_transform
-from dataset.format import SPLITS, DatasetError
+from dataset.format import SPLITS
 from dataset.generators import maze as gen
 from dataset.sources import SOURCE_CSV_COLUMNS
 from dataset.validate import validate
 from tests.helpers import read_set
+from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -135,7 +136,7 @@ def test_csv_source_round_trip_and_subsample(tmp_path):
 ])
 def test_bad_csv_rows_are_named(tmp_path, question, answer, message):
     write_source(tmp_path / "src", [(question, answer)])
-    with pytest.raises(DatasetError, match=f"train.csv row 2: .*{message}"):
+    with pytest.raises(UserError, match=f"train.csv row 2: .*{message}"):
         build(tmp_path, "--source-dir", tmp_path / "src")
 
 

@@ -10,11 +10,12 @@ import pytest
 from dataset import build_sudoku_dataset as builder
 from dataset import sources
 from dataset.checkers import is_valid_sudoku_solution, valid_sudoku_solutions
-from dataset.format import SPLITS, DatasetError, set_array_path
+from dataset.format import SPLITS, set_array_path
 from dataset.generators import sudoku as gen
 from dataset.sources import SOURCE_CSV_COLUMNS
 from dataset.validate import validate
 from tests.helpers import apply_sudoku_augmentations, invert_sudoku_augmentation, read_set
+from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -166,7 +167,7 @@ def test_bad_csv_rows_are_named(tmp_path, bad_row, message):
     src.mkdir()
     write_csv(src / "train.csv", [GOOD_ROW])
     write_csv(src / "test.csv", [GOOD_ROW, bad_row])
-    with pytest.raises(DatasetError, match=message):
+    with pytest.raises(UserError, match=message):
         build(tmp_path, "--source-dir", src)
 
 
@@ -174,10 +175,10 @@ def test_missing_split_and_unreachable_repo(tmp_path, monkeypatch):
     src = tmp_path / "src"
     src.mkdir()
     write_csv(src / "train.csv", [GOOD_ROW])
-    with pytest.raises(DatasetError, match="missing split: .*test.csv"):
+    with pytest.raises(UserError, match="missing split: .*test.csv"):
         build(tmp_path, "--source-dir", src)
     monkeypatch.setattr(sources, "HF_DATASET_URL", "http://127.0.0.1:9/{repo}/{filename}")
-    with pytest.raises(DatasetError, match="cannot download .*--source-dir"):
+    with pytest.raises(UserError, match="cannot download .*--source-dir"):
         build(tmp_path, "--source-repo", "someone/sudoku")
 
 
@@ -189,7 +190,7 @@ def test_failed_build_leaves_existing_output_untouched(tmp_path):
     src.mkdir()
     write_csv(src / "train.csv", [GOOD_ROW])
     write_csv(src / "test.csv", ["x,bad,row,0"])
-    with pytest.raises(DatasetError):
+    with pytest.raises(UserError):
         build(tmp_path, "--source-dir", src)
     assert inputs.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from dataset import build_maze_dataset
-from dataset.format import DatasetError
 from dataset.validate import validate
+from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,7 +62,7 @@ def test_reference_sudoku_maze_quirk_total_puzzles_equals_groups_is_accepted(dat
 ])
 def test_each_corruption_is_reported(dataset, corrupt, message):
     corrupt(dataset)
-    with pytest.raises(DatasetError, match=message):
+    with pytest.raises(UserError, match=message):
         validate(dataset)
 
 

@@ -9,10 +9,11 @@ import torch
 from inference.api import Solver
 from inference.encoding import arc_test_inputs, encode_maze
 from evaluation.halting import AdaptiveHalting, halt_logit_threshold
-from models.loading import InputError, load_checkpoint
+from models.loading import load_checkpoint
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
 from utils.distributed import DistInfo
 from evaluation.loop import evaluate
+from utils.errors import UserError
 
 
 @pytest.fixture
@@ -129,17 +130,17 @@ def test_api_solves_a_plain_list_as_the_dataset_row(tiny, head):
 ])
 def test_api_bad_puzzles_give_one_line(tiny, puzzle, message):
     solver = Solver.from_checkpoint(tiny["run"], device="cpu")
-    with pytest.raises(InputError) as e:
+    with pytest.raises(UserError) as e:
         solver.solve(puzzle)
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_encoders_reject_bad_mazes_and_arc_colours():
-    with pytest.raises(InputError, match="maze character 'x'"):
+    with pytest.raises(UserError, match="maze character 'x'"):
         encode_maze(["#x", "SG"], seq_len=4)
-    with pytest.raises(InputError, match="maze has 3 lines"):
+    with pytest.raises(UserError, match="maze has 3 lines"):
         encode_maze("##\nSG\n##", seq_len=4)
-    with pytest.raises(InputError, match="colour 10 outside 0-9"):
+    with pytest.raises(UserError, match="colour 10 outside 0-9"):
         arc_test_inputs({"train": [], "test": [{"input": [[1, 10]]}]})
     assert arc_test_inputs({"test": [{"input": [[1, 2]]}, {"input": [[3]]}]})[1].tolist() == [[3]]
 

@@ -10,13 +10,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench.replicate.study import StudyConfig, StudyError, compose_study, multirun_command, run_study
+from bench.replicate.study import StudyConfig, compose_study, multirun_command, run_study
 from bench.replicate.table import (ModelSummary, RunResult, csv_table, effective_depth, markdown_table, mean_curve,
                                    pooled_accuracy, summarise)
 from tests.helpers import ENV, ROOT, build_sudoku4, read_metrics
 from training.budget import TrainingClock
-from training.config import ConfigError, validate_config
+from training.config import validate_config
 from utils.distributed import DistInfo
+from utils.errors import UserError
 
 
 # ------------------------------------------------------------------ arithmetic
@@ -117,11 +118,11 @@ def _config(**extra):
 
 def test_budget_keys_are_validated():
     assert validate_config(_config(max_train_seconds=30, eval_every_seconds=10)).budget_clock == "wall"
-    with pytest.raises(ConfigError, match="eval_every_seconds needs a time budget"):
+    with pytest.raises(UserError, match="eval_every_seconds needs a time budget"):
         validate_config(_config(eval_every_seconds=10))
-    with pytest.raises(ConfigError, match="max_train_seconds"):
+    with pytest.raises(UserError, match="max_train_seconds"):
         validate_config(_config(max_train_seconds=-1))
-    with pytest.raises(ConfigError, match="budget_clock"):
+    with pytest.raises(UserError, match="budget_clock"):
         validate_config(_config(max_train_seconds=1, budget_clock="cpu"))
 
 
@@ -146,11 +147,11 @@ def test_spent_budget_ends_the_run_like_its_last_pass(tmp_path):
 
 # ------------------------------------------------------------------ the study
 def test_study_config_errors_name_the_choices():
-    with pytest.raises(StudyError, match=r"unknown model 'trn': choose from \['hrm', 'transformer', 'trm', 'trm_norec'\]"):
+    with pytest.raises(UserError, match=r"unknown model 'trn': choose from \['hrm', 'transformer', 'trm', 'trm_norec'\]"):
         compose_study(["models=[trm,trn]"])
-    with pytest.raises(StudyError, match="seeds"):
+    with pytest.raises(UserError, match="seeds"):
         compose_study(["seeds=[]"])
-    with pytest.raises(StudyError, match="unknown config key 'budget'"):
+    with pytest.raises(UserError, match="unknown config key 'budget'"):
         compose_study(["+budget=3"])
 
 

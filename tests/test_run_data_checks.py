@@ -11,14 +11,13 @@ from omegaconf import OmegaConf
 from dataset import build_arithmetic_dataset
 from dataset.format import read_metadata, set_array_path
 from inference.encoding import decode_custom, encode_custom, encode_maze, encode_sudoku, read_vocabulary
-from models.loading import InputError
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
 from tests.helpers import ROOT, build_sudoku4
 from training.builders import fit_evaluators
 from training.checkpoint import STATE_FORMAT
 from training.config import EvaluatorConfig, prepare_resume, sweep_run_name, validate_config
 from training.data_checks import check_run_data, planned_steps
-from utils.errors import ConfigError
+from utils.errors import UserError
 
 
 def composed(overrides):
@@ -61,7 +60,7 @@ def test_resume_latest_looks_under_the_runs_own_checkpoint_path_and_offers_an_in
     state = {"format": STATE_FORMAT, "step": 4, "model": {}, "optimizers": [], "ranks": [], "config": saved}
     torch.save(state, runs / "a" / "state_4.pt")
     (runs / "a" / "state_8.pt").write_bytes(b"cut short")
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(UserError) as info:
         prepare_resume(composed(["resume=latest", f"+checkpoint_path={runs}"]), ["resume=latest"])
     message = str(info.value)
     assert f"'{runs / 'a' / 'state_8.pt'}' cannot be loaded" in message
@@ -84,13 +83,13 @@ def test_sweep_points_and_evaluation_options_get_folders_of_their_own():
 
 def test_the_solver_checks_plain_puzzles():
     assert encode_sudoku([[1, 0, 0, 0], [0, 2, 0, 0], [0, 0, 3, 0], [0, 0, 0, 4]], 16)[0] == 2
-    with pytest.raises(InputError, match="cell 1.5 is not a whole number"):
+    with pytest.raises(UserError, match="cell 1.5 is not a whole number"):
         encode_sudoku([[1.5, 0, 0, 0]] + [[0] * 4] * 3, 16)
-    with pytest.raises(InputError, match="list of rows of digits"):
+    with pytest.raises(UserError, match="list of rows of digits"):
         encode_sudoku([["a"] * 4] * 4, 16)
-    with pytest.raises(InputError, match="maze has 0 start cells 'S'"):
+    with pytest.raises(UserError, match="maze has 0 start cells 'S'"):
         encode_maze(["#  ", " G ", "   "], 9)
-    with pytest.raises(InputError, match="maze has 2 start cells 'S'"):
+    with pytest.raises(UserError, match="maze has 2 start cells 'S'"):
         encode_maze(["#SS", " G ", "   "], 9)
     assert len(encode_maze(["#S ", " G ", "   "], 9)) == 9
 
@@ -105,7 +104,7 @@ def test_custom_datasets_encode_and_decode_by_their_vocabulary(tmp_path):
     assert (encode_custom(rows, vocab, inputs.shape[1]) == inputs[0]).all()
     answer = decode_custom(labels[0], vocab)
     assert int(answer[0]) + int(answer[1]) == int(answer[2])
-    with pytest.raises(InputError, match="symbol 'x' is outside the vocabulary"):
+    with pytest.raises(UserError, match="symbol 'x' is outside the vocabulary"):
         encode_custom(["x"], vocab, inputs.shape[1])
     shutil.rmtree(out)
     assert read_vocabulary(str(out)) is None

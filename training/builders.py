@@ -14,7 +14,7 @@ from dataset.kinds import guess_kind
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
 from training.config import EvaluatorConfig, PretrainConfig
 from utils.distributed import DistInfo
-from utils.errors import ConfigError
+from utils.errors import UserError
 from utils.functions import load_model_class
 
 
@@ -24,8 +24,8 @@ def ensure_dataset(config: PretrainConfig) -> None:
     if os.path.exists(path):  # built, or something else that check_run_data names
         return
     if config.data_build is None:
-        raise ConfigError(f"dataset '{path}' not found: build it first (e.g. python dataset/build_sudoku_dataset.py "
-                          f"--output-dir {path} ...) or fix data_paths")
+        raise UserError(f"dataset '{path}' not found: build it first (e.g. python dataset/build_sudoku_dataset.py "
+                        f"--output-dir {path} ...) or fix data_paths")
     cmd = [sys.executable, "-m", config.data_build.module, "--output-dir", path, *config.data_build.args]
     print("Building missing dataset:", " ".join(cmd))
     # the builder's stderr (progress, or its one error line) is held back so a failure stays one line
@@ -33,8 +33,8 @@ def ensure_dataset(config: PretrainConfig) -> None:
                            stderr=subprocess.PIPE, text=True)
     if built.returncode != 0:
         lines = built.stderr.strip().splitlines() or ["no message"]
-        raise ConfigError(f"data_build {config.data_build.module} failed (exit {built.returncode}): "
-                          f"{lines[-1].removeprefix('error: ')}")
+        raise UserError(f"data_build {config.data_build.module} failed (exit {built.returncode}): "
+                        f"{lines[-1].removeprefix('error: ')}")
     sys.stderr.write(built.stderr)
 
 
@@ -42,12 +42,9 @@ def create_dataloader(data_paths: List[str], split: str, global_batch_size: int,
                       epochs_per_iter: int = 1):
     """The loader of one split of `data_paths` (this rank's share of each global batch) and its metadata. The
     test split is read in order, once, padded to whole batches (test_set_mode)."""
-    try:
-        dataset = PuzzleDataset(PuzzleDatasetConfig(
-            seed=seed, dataset_paths=data_paths, global_batch_size=global_batch_size, test_set_mode=split == "test",
-            epochs_per_iter=epochs_per_iter, rank=dist_info.rank, num_replicas=dist_info.world_size), split=split)
-    except ValueError as e:  # datasets that disagree, a batch the ranks cannot split, ...
-        raise ConfigError(str(e)) from None
+    dataset = PuzzleDataset(PuzzleDatasetConfig(
+        seed=seed, dataset_paths=data_paths, global_batch_size=global_batch_size, test_set_mode=split == "test",
+        epochs_per_iter=epochs_per_iter, rank=dist_info.rank, num_replicas=dist_info.world_size), split=split)
     return dataset, dataset.metadata
 
 
@@ -64,8 +61,8 @@ def create_optimizers(config: PretrainConfig, head: nn.Module, world_size: int):
         base_lrs.append(config.puzzle_emb_lr)
     if config.freeze_weights:
         if puzzle_emb is None:
-            raise ConfigError("freeze_weights=True trains only the puzzle embeddings, but this model has none "
-                              "(arch.puzzle_emb_ndim=0): set freeze_weights=False or give the model a puzzle embedding")
+            raise UserError("freeze_weights=True trains only the puzzle embeddings, but this model has none "
+                            "(arch.puzzle_emb_ndim=0): set freeze_weights=False or give the model a puzzle embedding")
         for p in head.parameters():
             p.requires_grad_(False)
     else:
@@ -98,16 +95,20 @@ def create_evaluators(configs: List[EvaluatorConfig], eval_metadata: PuzzleDatas
     for cfg in configs:
         kwargs = cfg.model_dump()
         name = kwargs.pop("name")
-        try:
+        try:  # a bad name, an option the evaluator does not take, data it cannot score
             cls = load_model_class(name, prefix="evaluators.")
-        except ValueError as e:
-            raise ConfigError(f"evaluators: {e}") from None
-        for path in data_paths:
-            try:
-                evaluators.append(cls(data_path=path, eval_metadata=eval_metadata, **kwargs))
-            except (ValueError, TypeError, FileNotFoundError) as e:  # the evaluators reject unfit data or options
-                raise ConfigError(f"evaluators: {e}") from None
+            accepts_options(cls, name, kwargs)
+            evaluators += [cls(data_path=path, eval_metadata=eval_metadata, **kwargs) for path in data_paths]
+        except UserError as e:
+            raise UserError(f"evaluators: {e}") from None
     return evaluators
+
+
+def accepts_options(cls, name: str, options: dict) -> None:
+    try:
+        inspect.signature(cls).bind(data_path=None, eval_metadata=None, **options)
+    except TypeError as e:
+        raise UserError(f"{name}: {e}; see the options of {cls.__module__}.{cls.__name__}") from None
 
 
 def copy_run_files(config: PretrainConfig, head: nn.Module) -> None:

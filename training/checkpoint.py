@@ -1,7 +1,7 @@
 """A run's training state. `<run dir>/state_<N>.pt`, beside the weights file step_<N> (models/checkpoint_io.py),
 is everything else a run needs to continue exactly: raw weights, both optimizers, the EMA shadow, step, sampler
 position, RNG states and ACT carry of every rank, W&B run id and the resolved config. Files are written atomically
-and read with `torch.load(weights_only=True)`; a file that cannot be used is reported in one line (ConfigError)
+and read with `torch.load(weights_only=True)`; a file that cannot be used is reported in one line (UserError)
 before training starts."""
 import dataclasses
 import os
@@ -16,7 +16,7 @@ from models.checkpoint_io import (STATE_FILE, WEIGHTS_FILE, atomic_torch_save, f
                                   load_reference_checkpoint, mismatch, read_checkpoint_file, remove_stale_temporaries,
                                   save_weights, state_path, step_of, unwrap, weights_path)
 from utils.distributed import gather_to_rank0
-from utils.errors import ConfigError
+from utils.errors import UserError
 
 STATE_FORMAT = "trm-training-state/1"
 
@@ -30,8 +30,8 @@ def load_weights_file(head: nn.Module, path: str, what: str = "load_checkpoint")
         state = state["model"]
     try:
         load_reference_checkpoint(head, state)
-    except ValueError as e:
-        raise ConfigError(f"{what} '{path}': {e}") from None
+    except UserError as e:
+        raise UserError(f"{what} '{path}': {e}") from None
 
 
 # ------------------------------------------------------------------ per-rank state: RNGs, ACT carry
@@ -59,7 +59,7 @@ def from_plain(template: Any, plain: Any, where: str = "carry") -> Any:
         return type(template)(from_plain(t, p, f"{where}[{i}]") for i, (t, p) in enumerate(zip(template, plain)))
     if isinstance(template, torch.Tensor):
         if tuple(plain.shape) != tuple(template.shape):
-            raise ConfigError(f"saved {where} has shape {tuple(plain.shape)} but this run needs {tuple(template.shape)}")
+            raise UserError(f"saved {where} has shape {tuple(plain.shape)} but this run needs {tuple(template.shape)}")
         return plain.to(device=template.device, dtype=template.dtype)
     return plain
 
@@ -111,15 +111,15 @@ def find_state_file(resume: str, project_dir: str) -> str:
         if step is not None:
             path = state_path(os.path.dirname(path), step)
             if not os.path.isfile(path):
-                raise ConfigError(f"resume: no training state '{path}' beside the weights file: resume needs a full "
-                                  f"checkpoint; to start a new run from these weights use +load_checkpoint=<file>")
+                raise UserError(f"resume: no training state '{path}' beside the weights file: resume needs a full "
+                                f"checkpoint; to start a new run from these weights use +load_checkpoint=<file>")
         return path
     if not os.path.isdir(path):
-        raise ConfigError(f"resume={resume}: '{path}' not found: give a run directory, a state_<N>.pt file or latest "
-                          f"(the newest run under +checkpoint_path=, else under checkpoints/<project_name>/)")
+        raise UserError(f"resume={resume}: '{path}' not found: give a run directory, a state_<N>.pt file or latest "
+                        f"(the newest run under +checkpoint_path=, else under checkpoints/<project_name>/)")
     found = highest_step_file(path, STATE_FILE)
     if found is None:
-        raise ConfigError(f"resume={resume}: no training state (state_<N>.pt) in '{path}' or its sub-directories")
+        raise UserError(f"resume={resume}: no training state (state_<N>.pt) in '{path}' or its sub-directories")
     return found
 
 
@@ -127,11 +127,11 @@ def read_training_state(path: str) -> Dict[str, Any]:
     # Memory-mapped: the N ranks of a node share one copy in the page cache instead of holding N.
     state = read_checkpoint_file(path, "resume file", mmap=True)
     if state.get("format") != STATE_FORMAT:
-        raise ConfigError(f"resume file '{path}' is not a training state ({STATE_FORMAT}); a weights-only file "
-                          f"starts a new run with +load_checkpoint=<file>")
+        raise UserError(f"resume file '{path}' is not a training state ({STATE_FORMAT}); a weights-only file "
+                        f"starts a new run with +load_checkpoint=<file>")
     missing = [k for k in ("step", "model", "optimizers", "ranks", "config") if k not in state]
     if missing:
-        raise ConfigError(f"resume file '{path}' lacks {', '.join(missing)}: it is incomplete")
+        raise UserError(f"resume file '{path}' lacks {', '.join(missing)}: it is incomplete")
     state["path"] = path
     return state
 
@@ -143,7 +143,7 @@ def older_intact_state(path: str) -> Optional[str]:
         candidate = state_path(os.path.dirname(path), older)
         try:
             read_training_state(candidate)
-        except ConfigError:
+        except UserError:
             continue
         return candidate
     return None
@@ -155,11 +155,11 @@ def read_resume_state(resume: str, runs_dir: str) -> Dict[str, Any]:
     path = os.path.abspath(find_state_file(resume, runs_dir))
     try:
         return read_training_state(path)
-    except ConfigError as e:
+    except UserError as e:
         older = older_intact_state(path)
         if older is None:
             raise
-        raise ConfigError(f"{e}; an older state loads: continue from it with resume={older}") from None
+        raise UserError(f"{e}; an older state loads: continue from it with resume={older}") from None
 
 
 # ------------------------------------------------------------------ the run's checkpointer
@@ -217,13 +217,13 @@ class Checkpointer:
         it sets the RNGs."""
         where = f"resume file '{saved.get('path', '?')}'"
         if saved["world_size"] != self.dist_info.world_size:
-            raise ConfigError(f"{where} was saved by {saved['world_size']} processes but this run has "
-                              f"{self.dist_info.world_size}: resume with the same --nproc-per-node")
+            raise UserError(f"{where} was saved by {saved['world_size']} processes but this run has "
+                            f"{self.dist_info.world_size}: resume with the same --nproc-per-node")
         if saved["total_steps"] != state.total_steps:
-            raise ConfigError(f"{where} planned {saved['total_steps']} steps but this run plans {state.total_steps}: "
-                              f"the dataset changed since the checkpoint")
+            raise UserError(f"{where} planned {saved['total_steps']} steps but this run plans {state.total_steps}: "
+                            f"the dataset changed since the checkpoint")
         if len(saved["optimizers"]) != len(state.optimizers):
-            raise ConfigError(f"{where} has {len(saved['optimizers'])} optimizers but this run has {len(state.optimizers)}")
+            raise UserError(f"{where} has {len(saved['optimizers'])} optimizers but this run has {len(state.optimizers)}")
         load_weights_state(state.model, saved["model"], where)
         try:
             for optimizer, optimizer_state in zip(state.optimizers, saved["optimizers"]):
@@ -233,7 +233,7 @@ class Checkpointer:
                         if isinstance(value, torch.Tensor) and value.device != param.device:
                             values[key] = value.to(param.device)
         except ValueError as e:
-            raise ConfigError(f"{where}: optimizer state does not fit this model: {e}") from None
+            raise UserError(f"{where}: optimizer state does not fit this model: {e}") from None
         if ema is not None:
             ema.load_state_dict({k: v.to(device) for k, v in saved["ema"].items()})
         self.kept_weights = list(saved.get("kept_weights", []))
@@ -250,5 +250,5 @@ def load_weights_state(head: nn.Module, weights: Dict[str, torch.Tensor], where:
     module = unwrap(head)
     problem = mismatch(module.state_dict(), weights)
     if problem:
-        raise ConfigError(f"{where}: {problem}")
+        raise UserError(f"{where}: {problem}")
     module.load_state_dict(weights)

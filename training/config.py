@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from models.build import ArchConfig, OpenConfig
 from training.checkpoint import read_resume_state
-from utils.errors import ConfigError
+from utils.errors import UserError, validation_problem
 
 
 # Values that would train nothing, or train on garbage, without any error of their own.
@@ -132,16 +132,12 @@ def sweep_run_name(arch_name: str, overrides: List[str]) -> str:
 
 
 def format_validation_error(err: pydantic.ValidationError) -> str:
-    # An unknown key usually explains the other errors (a misspelt key is also "missing").
-    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
-    first = errors[0]
-    key = ".".join(str(p) for p in first["loc"]) or "config"
-    if first["type"] == "extra_forbidden":
+    kind, key, msg, given = validation_problem(err)
+    key = key or "config"
+    if kind == "extra_forbidden":
         return f"unknown config key '{key}': remove it or check its spelling (see config/cfg_pretrain.yaml)"
-    if first["type"] == "missing":
+    if kind == "missing":
         return f"missing config key '{key}': set it in the YAML or with {key}=..."
-    msg = first["msg"].removeprefix("Value error, ")
-    given = first.get("input")
     if isinstance(given, (dict, list)) or key == "config":
         return f"bad config: {msg}"
     return f"bad config key '{key}' = {given!r}: {msg}"
@@ -151,7 +147,7 @@ def validate_config(raw: Dict[str, Any]) -> PretrainConfig:
     try:
         return PretrainConfig.model_validate(raw)
     except pydantic.ValidationError as e:
-        raise ConfigError(format_validation_error(e)) from None
+        raise UserError(format_validation_error(e)) from None
 
 
 # ------------------------------------------------------------------ resuming a run
@@ -195,8 +191,8 @@ def resumed_config(saved: Dict[str, Any], command_line: Dict[str, Any], override
     changed = [k for k in FIXED_ON_RESUME if _fixed_view(config, k) != _fixed_view(before, k)]
     if changed:
         k = changed[0]
-        raise ConfigError(f"resume: {describe_change(k, _fixed_view(before, k), _fixed_view(config, k))} since '{path}'; "
-                          f"{', '.join(changed)} cannot change when resuming (start a new run with +load_checkpoint=... instead)")
+        raise UserError(f"resume: {describe_change(k, _fixed_view(before, k), _fixed_view(config, k))} since '{path}'; "
+                        f"{', '.join(changed)} cannot change when resuming (start a new run with +load_checkpoint=... instead)")
     return config
 
 

@@ -5,7 +5,7 @@ from typing import Dict, List, Optional
 
 from dataset.validate import check_dataset
 from training.config import PretrainConfig
-from utils.errors import ConfigError
+from utils.errors import UserError
 
 # Entries of one pass's group order (int64) before it would take gigabytes of memory.
 MAX_GROUP_ORDER = 1 << 28
@@ -18,8 +18,8 @@ def test_paths_of(config: PretrainConfig) -> List[str]:
     present = [p for p in config.data_paths if os.path.isdir(os.path.join(p, "test"))]
     if present and len(present) != len(config.data_paths):
         missing = next(p for p in config.data_paths if p not in present)
-        raise ConfigError(f"{present[0]} has a test split but {missing} has none: give data_paths_test=[...] to "
-                          f"choose the evaluation data")
+        raise UserError(f"{present[0]} has a test split but {missing} has none: give data_paths_test=[...] to "
+                        f"choose the evaluation data")
     return present
 
 
@@ -38,8 +38,8 @@ def check_run_data(config: PretrainConfig) -> Optional[int]:
         test = metas.get((path, "test")) or check_dataset(path, ("test",), identifiers_required=False)["test"]
         for key in ("seq_len", "vocab_size"):
             if getattr(test, key) != getattr(train, key):
-                raise ConfigError(f"data_paths_test {path} has {key} {getattr(test, key)} but the training data "
-                                  f"{config.data_paths[0]} has {getattr(train, key)}: evaluate on data built like it")
+                raise UserError(f"data_paths_test {path} has {key} {getattr(test, key)} but the training data "
+                                f"{config.data_paths[0]} has {getattr(train, key)}: evaluate on data built like it")
     if not test_paths:
         print(f"note: {', '.join(config.data_paths)} has no test split: training without evaluation "
               f"(give data_paths_test=[...] to evaluate)")
@@ -47,20 +47,20 @@ def check_run_data(config: PretrainConfig) -> Optional[int]:
         for name, s in sizes[path]["train"].items():
             order = config.epochs_per_iter * s["groups"]
             if order > MAX_GROUP_ORDER:
-                raise ConfigError(f"one pass over {path} ({config.epochs_per_iter} epochs x {s['groups']} groups) needs a "
-                                  f"group order of {order:,} entries ({order * 8 / 2 ** 30:.0f} GiB): set eval_interval "
-                                  f"to at most {MAX_GROUP_ORDER // s['groups']:,} epochs")
+                raise UserError(f"one pass over {path} ({config.epochs_per_iter} epochs x {s['groups']} groups) needs a "
+                                f"group order of {order:,} entries ({order * 8 / 2 ** 30:.0f} GiB): set eval_interval "
+                                f"to at most {MAX_GROUP_ORDER // s['groups']:,} epochs")
             examples_per_epoch += s["groups"] * s["examples"] / max(s["puzzles"], 1)
             exact = exact and s["examples"] == s["puzzles"]
             batches += config.epochs_per_iter * s["groups"] // config.global_batch_size
     per_pass = int(examples_per_epoch * config.epochs_per_iter)
     if config.global_batch_size > per_pass:  # not one step, and the test batches would be padded to this size
-        raise ConfigError(f"global_batch_size={config.global_batch_size} is larger than the {per_pass} examples one pass "
-                          f"over {', '.join(config.data_paths)} draws ({config.epochs_per_iter} epochs of "
-                          f"{examples_per_epoch:.0f}): choose global_batch_size <= {per_pass}")
+        raise UserError(f"global_batch_size={config.global_batch_size} is larger than the {per_pass} examples one pass "
+                        f"over {', '.join(config.data_paths)} draws ({config.epochs_per_iter} epochs of "
+                        f"{examples_per_epoch:.0f}): choose global_batch_size <= {per_pass}")
     if exact and batches == 0:
-        raise ConfigError(f"global_batch_size={config.global_batch_size} fills no batch: each training set draws fewer "
-                          f"examples in one pass ({config.epochs_per_iter} epochs); choose a smaller global_batch_size")
+        raise UserError(f"global_batch_size={config.global_batch_size} fills no batch: each training set draws fewer "
+                        f"examples in one pass ({config.epochs_per_iter} epochs); choose a smaller global_batch_size")
     return batches if exact else None
 
 

@@ -6,7 +6,7 @@ from typing import Callable, Iterator, List
 
 from models.checkpoint_io import STATE_FILE, WEIGHTS_FILE
 from training.tracking import METRICS_FILE
-from utils.errors import ConfigError
+from utils.errors import UserError
 
 try:
     import fcntl
@@ -39,8 +39,8 @@ def run_lock(directory: str) -> Iterator[Callable[[], None]]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise ConfigError(f"another run (pid {holder}) is using {directory}: wait for it to end or stop it, or "
-                              f"give this run another +run_name= or +checkpoint_path=") from None
+            raise UserError(f"another run (pid {holder}) is using {directory}: wait for it to end or stop it, or "
+                            f"give this run another +run_name= or +checkpoint_path=") from None
 
         def record_pid():
             os.ftruncate(fd, 0)
@@ -58,7 +58,7 @@ def claim_run_dir(directory: str, resuming: bool) -> Iterator[None]:
         if found and not resuming:
             resumable = any(STATE_FILE.match(name) for name in found)
             fix = f"continue it with resume={directory}" if resumable else "it has no checkpoint to resume: delete it"
-            raise ConfigError(f"checkpoint_path {directory} already holds a run ({', '.join(found[:3])}): {fix}, or "
-                              f"give this run another +run_name= or +checkpoint_path=")
+            raise UserError(f"checkpoint_path {directory} already holds a run ({', '.join(found[:3])}): {fix}, or "
+                            f"give this run another +run_name= or +checkpoint_path=")
         record_pid()
         yield

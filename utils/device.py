@@ -6,7 +6,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from utils.errors import ConfigError, UserError
+from utils.errors import UserError
 
 
 def to_device(batch: Dict[str, torch.Tensor], device: torch.device) -> Dict[str, torch.Tensor]:
@@ -148,14 +148,14 @@ def compile_failure(exc: BaseException) -> Optional[str]:
 
 @contextlib.contextmanager
 def compile_failures_stop_the_run():
-    """A compile failure is never silent: it becomes one ConfigError line that names how to turn compilation off."""
+    """A compile failure is never silent: it becomes one UserError line that names how to turn compilation off."""
     try:
         yield
     except Exception as e:
         message = compile_failure(e)
         if message is None:
             raise
-        raise ConfigError(message) from e
+        raise UserError(message) from e
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4   # glibc mallopt parameters (malloc.h)

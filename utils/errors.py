@@ -4,7 +4,9 @@ import errno
 import functools
 import os
 import sys
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Tuple
+
+import pydantic
 
 EXIT_USER_ERROR = 2
 # Environment problems, not bugs: the wrapper reports these in one line wherever they occur in the chain.
@@ -13,12 +15,22 @@ DISK_ERRNOS = {errno.ENOSPC: ("no space left on the device", FULL), errno.EDQUOT
                errno.EROFS: ("the file system is read-only", READ_ONLY), errno.EACCES: ("permission denied", READ_ONLY)}
 
 
-class UserError(Exception):
-    """Bad input from the user; the message names the problem and the fix, in one line."""
+class UserError(ValueError):
+    """Bad input from the user (a value, file, device or disk the code cannot take); the message names the problem
+    and the fix, in one line. Code that validates what the user gave raises it; only the command-line wrapper
+    catches it (callers may catch it to add where the value came from)."""
 
 
-class ConfigError(UserError):
-    """A configuration problem (a key, or a file a key names), stated in one line."""
+class MissingFile(UserError, FileNotFoundError):
+    """A path the user gave that names no file (a FileNotFoundError too, for code that asks for one)."""
+
+
+def validation_problem(err: pydantic.ValidationError) -> Tuple[str, str, str, Any]:
+    """pydantic's report reduced to its first problem: (type, dotted key, message, value given). An unknown key
+    comes first: a misspelt key explains the other errors (it is also "missing")."""
+    first = min(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    key = ".".join(str(p) for p in first["loc"])
+    return first["type"], key, first["msg"].removeprefix("Value error, "), first.get("input")
 
 
 def one_line(text: str) -> str:

@@ -21,10 +21,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "config" / "replicate"
 
 
-class StudyError(UserError):
-    """A problem with the study's configuration or one of its runs, stated in one line."""
-
-
 class StudyConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
     tasks: List[str]
@@ -61,7 +57,7 @@ def validate_study(raw: Dict[str, Any]) -> StudyConfig:
     try:
         return StudyConfig.model_validate(raw)
     except pydantic.ValidationError as e:
-        raise StudyError(format_validation_error(e).replace("config/cfg_pretrain.yaml", "config/replicate/study.yaml")) from None
+        raise UserError(format_validation_error(e).replace("config/cfg_pretrain.yaml", "config/replicate/study.yaml")) from None
 
 
 def run_dir(study: StudyConfig, task: str, model: str, seed: int) -> Path:
@@ -92,8 +88,8 @@ def train_grid(study: StudyConfig, quiet: bool = False) -> None:
         done = subprocess.run(cmd, cwd=ROOT, capture_output=quiet, text=True)
         if done.returncode != 0:
             tail = (done.stderr or "").strip().splitlines()[-1:] if quiet else []
-            raise StudyError(f"the {task} multirun failed (exit {done.returncode}){': ' + tail[0] if tail else ''}; "
-                             f"its runs are in {Path(study.runs_dir) / task}")
+            raise UserError(f"the {task} multirun failed (exit {done.returncode}){': ' + tail[0] if tail else ''}; "
+                            f"its runs are in {Path(study.runs_dir) / task}")
 
 
 def read_metrics(path: Path) -> List[Dict[str, Any]]:
@@ -107,11 +103,11 @@ def collect_run(study: StudyConfig, task: str, model: str, seed: int, device: to
 
     directory = run_dir(study, task, model, seed)
     if not (directory / METRICS_FILE).is_file():
-        raise StudyError(f"run {directory} has no metrics.jsonl: it did not train (see the multirun's output)")
+        raise UserError(f"run {directory} has no metrics.jsonl: it did not train (see the multirun's output)")
     lines = read_metrics(directory / METRICS_FILE)
     evals = [line for line in lines if line.get("all/count") is not None]
     if not evals:
-        raise StudyError(f"run {directory} logged no held-out evaluation: does its dataset have a test split?")
+        raise UserError(f"run {directory} logged no held-out evaluation: does its dataset have a test split?")
     weights = find_weights(directory)
     config = load_run_config(weights)
     arch = config["arch"]
@@ -174,5 +170,5 @@ def compose_study(overrides: List[str]) -> StudyConfig:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
             cfg = compose(config_name="study", overrides=overrides)
     except HydraException as e:
-        raise StudyError(f"{str(e).splitlines()[0]} (keys are those of config/replicate/study.yaml)") from None
+        raise UserError(f"{str(e).splitlines()[0]} (keys are those of config/replicate/study.yaml)") from None
     return validate_study(OmegaConf.to_container(cfg, resolve=True))

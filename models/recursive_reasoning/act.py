@@ -10,6 +10,8 @@ import pydantic
 import torch
 from torch import nn
 
+from utils.errors import UserError, validation_problem
+
 
 @dataclass
 class ACTCarry:
@@ -29,17 +31,15 @@ def parse_config(config_class, config_dict: Dict[str, Any]):
     try:
         return config_class(**config_dict)
     except pydantic.ValidationError as e:
-        err = min(e.errors(), key=lambda x: x["type"] != "extra_forbidden")  # a misspelt key explains the rest
-        key = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
+        kind, key, msg, given = validation_problem(e)
         if not key:
-            raise ValueError(msg) from None
-        if err["type"] == "extra_forbidden":
-            raise ValueError(f"unknown arch key 'arch.{key}': remove it or check its spelling (the keys "
-                             f"{config_class.__name__} declares are in config/arch/*.yaml)") from None
-        if err["type"] == "missing":
-            raise ValueError(f"arch.{key} is missing: set it in config/arch/*.yaml or with arch.{key}=...") from None
-        raise ValueError(f"arch.{key}={err.get('input')!r}: {msg}") from None
+            raise UserError(msg) from None
+        if kind == "extra_forbidden":
+            raise UserError(f"unknown arch key 'arch.{key}': remove it or check its spelling (the keys "
+                            f"{config_class.__name__} declares are in config/arch/*.yaml)") from None
+        if kind == "missing":
+            raise UserError(f"arch.{key} is missing: set it in config/arch/*.yaml or with arch.{key}=...") from None
+        raise UserError(f"arch.{key}={given!r}: {msg}") from None
 
 
 class ACTModel(nn.Module):

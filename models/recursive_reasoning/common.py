@@ -10,6 +10,7 @@ from torch import nn
 from models.common import trunc_normal_init_
 from models.layers import Attention, CastedEmbedding, CastedLinear, CosSin, RotaryEmbedding, SwiGLU, rms_norm
 from models.sparse_embedding import CastedSparseEmbedding
+from utils.errors import UserError
 
 PositiveInt = pydantic.PositiveInt
 NonNegativeInt = pydantic.NonNegativeInt
@@ -51,7 +52,7 @@ class RecursiveModelConfig(pydantic.BaseModel):
     @pydantic.model_validator(mode="after")
     def _heads_divide_width(self):
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"arch.hidden_size={self.hidden_size} must be divisible by arch.num_heads={self.num_heads}")
+            raise UserError(f"arch.hidden_size={self.hidden_size} must be divisible by arch.num_heads={self.num_heads}")
         return self
 
 
@@ -119,8 +120,8 @@ class RecursiveInnerBase(nn.Module):
 
         if config.puzzle_emb_ndim > 0:
             if config.puzzle_emb_ndim > self.puzzle_emb_len * D:
-                raise ValueError(f"arch.puzzle_emb_ndim={config.puzzle_emb_ndim} does not fit in arch.puzzle_emb_len="
-                                 f"{config.puzzle_emb_len} rows of hidden_size={D}; raise puzzle_emb_len or set it to 0 (auto)")
+                raise UserError(f"arch.puzzle_emb_ndim={config.puzzle_emb_ndim} does not fit in arch.puzzle_emb_len="
+                                f"{config.puzzle_emb_len} rows of hidden_size={D}; raise puzzle_emb_len or set it to 0 (auto)")
             self.puzzle_emb = CastedSparseEmbedding(config.num_puzzle_identifiers, config.puzzle_emb_ndim,
                                                     batch_size=config.batch_size, init_std=0, cast_to=self.forward_dtype)
         if config.pos_encodings == "rope":
