@@ -1,5 +1,5 @@
 """trm_lm end to end on generated text: build the dataset, train through pretrain.py, export, load with
-transformers and check generate() against our own decoding loop."""
+transformers and check the unrolled Llama export and generate() against our own decoder and decoding loop."""
 import json
 
 import numpy as np
@@ -8,14 +8,16 @@ import torch
 import torch.nn.functional as F
 
 from dataset import build_text_dataset
-from dataset.format import DatasetError, read_metadata
+from dataset.format import read_metadata
 from models.layers import swiglu_hidden_width
-from models.lm.core import RecursiveDecoder, padded_causal_mask, parameter_breakdown
+from models.lm.core import RecursiveDecoder, describe_parameters, parameter_breakdown
 from models.lm.decode import greedy_decode
 from models.recursive_reasoning.trm_lm import LMLossHead, TRMLanguageModel
-from training.loop import eval_summary_line, final_summary_line, token_perplexity
+from evaluation.loop import eval_summary_line, token_perplexity
+from training.loop import final_summary_line
 from tests.helpers import read_set
 from tests._tiny_lm import HIDDEN, SEQ_LEN, VOCAB, build_text, last_step, load_decoder, metrics, pretrain
+from utils.errors import UserError
 
 transformers = pytest.importorskip("transformers")
 
@@ -28,7 +30,7 @@ def trained(tmp_path_factory):
     weights = run / f"step_{last_step(run)}"
     exported = base / "exported"
     from models.lm.export import export
-    breakdown = export(str(weights), str(exported))
+    breakdown = parameter_breakdown(export(str(weights), str(exported)))
     return {"data": data, "run": run, "weights": weights, "exported": exported, "breakdown": breakdown}
 
 
@@ -47,7 +49,8 @@ def our_decoder(trained) -> RecursiveDecoder:
 # ------------------------------------------------------------------ dataset
 def test_text_dataset_labels_are_the_next_tokens(trained):
     meta = read_metadata(trained["data"] / "train")
-    assert (meta.seq_len, meta.vocab_size, meta.pad_id, meta.ignore_label_id) == (SEQ_LEN, VOCAB, 0, 0)
+    # packed rows hold no padding, so no label id is ignored
+    assert (meta.seq_len, meta.vocab_size, meta.pad_id, meta.ignore_label_id) == (SEQ_LEN, VOCAB, 0, None)
     for split in ("train", "test"):
         fields = read_set(trained["data"] / split, "all")
         assert (fields["inputs"][:, 1:] == fields["labels"][:, :-1]).all()
@@ -57,21 +60,15 @@ def test_text_dataset_labels_are_the_next_tokens(trained):
 
 
 def test_text_dataset_bad_input_is_one_line(tmp_path):
-    with pytest.raises(DatasetError, match="is not a file"):
+    with pytest.raises(UserError, match="is not a file"):
         build_text_dataset.main(["--input", str(tmp_path / "missing.txt"), "--output-dir", str(tmp_path / "out")])
     (tmp_path / "short.txt").write_text("just a few words")
-    with pytest.raises(DatasetError, match="cannot be split|fewer than"):
+    with pytest.raises(UserError, match="cannot be split|fewer than"):
         build_text_dataset.main(["--input", str(tmp_path / "short.txt"), "--output-dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------ model maths
-def test_padded_causal_mask_by_hand():
-    mask = padded_causal_mask(torch.tensor([[0, 1, 1]]))[0, 0].int().tolist()
-    # query 0 is padding and sees only itself; tokens never see the padding key 0
-    assert mask == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
-
-
 @pytest.mark.parametrize("tied", [True, False])
 def test_parameter_breakdown_by_hand(tied):
     decoder = RecursiveDecoder(vocab_size=100, hidden_size=32, num_heads=2, num_layers=3, num_loops=4, expansion=2,
@@ -89,6 +86,10 @@ def test_parameter_breakdown_at_the_issue_size():
                         for tie in (True, False))
     assert parameter_breakdown(tied) == {"core": 6_684_672, "vocabulary": 25_731_584, "total": 32_416_256}
     assert parameter_breakdown(untied)["vocabulary"] == 2 * 25_731_584
+    # the line printed at the start of training and by the export names the other tying choice's total too
+    assert describe_parameters(tied) == ("parameters: core 6,684,672 (3 layers x 8 loops) + vocabulary 25,731,584 "
+                                         "(50,257 x 512, tied) = 32,416,256; untied: 58,147,840")
+    assert describe_parameters(untied).endswith("(50,257 x 512, untied) = 58,147,840; tied: 32,416,256")
 
 
 def test_perplexity_weighs_tokens_not_rows():
@@ -148,16 +149,28 @@ def test_export_directory_and_breakdown(trained):
     from safetensors.torch import load_file
     out = trained["exported"]
     config = json.loads((out / "config.json").read_text())
-    assert set(config["auto_map"]) == {"AutoConfig", "AutoModelForCausalLM"}
-    for name in ("configuration_trm_lm.py", "modeling_trm_lm.py", "core.py", "layers.py", "tokenizer.json", "README.md"):
+    # a Llama config (transformers reads it without custom code); the model class comes from the shipped file
+    assert config["model_type"] == "llama" and config["auto_map"] == {"AutoModelForCausalLM": "modeling_trm_lm.TRMLMForCausalLM"}
+    for name in ("modeling_trm_lm.py", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "README.md"):
         assert (out / name).is_file(), name
     weights = load_file(str(out / "model.safetensors"))
-    total = sum(t.numel() for t in weights.values())
-    vocabulary = sum(t.numel() for k, t in weights.items() if k.startswith(("decoder.embed_tokens.", "decoder.lm_head.")))
-    assert trained["breakdown"] == {"core": total - vocabulary, "vocabulary": vocabulary, "total": total}
-    assert vocabulary == VOCAB * HIDDEN
+    vocabulary = sum(t.numel() for k, t in weights.items() if k.startswith(("model.embed_tokens.", "lm_head.")))
+    norms = sum(t.numel() for k, t in weights.items() if "norm" in k)  # Llama's scales: ones, or 1/sqrt(H) folded in
+    core = sum(t.numel() for t in weights.values()) - vocabulary - norms
+    assert vocabulary == trained["breakdown"]["vocabulary"] == VOCAB * HIDDEN
+    assert core == trained["breakdown"]["core"] * config["trm_num_loops"], "each loop stored as its own layers"
     card = (out / "README.md").read_text()
     assert f"{trained['breakdown']['core']:,}" in card and f"{trained['breakdown']['vocabulary']:,}" in card
+
+
+def test_export_is_the_recursive_decoder_unrolled(trained):
+    """Loaded without our code, the directory is a plain LlamaForCausalLM computing our decoder's logits."""
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+    plain = AutoModelForCausalLM.from_pretrained(trained["exported"]).eval()
+    assert type(plain) is LlamaForCausalLM and plain.config.num_hidden_layers == 2 * 2
+    ids = torch.randint(2, VOCAB, (3, SEQ_LEN))
+    with torch.no_grad():
+        torch.testing.assert_close(plain(ids).logits, our_decoder(trained)(ids), atol=2e-5, rtol=1e-5)
 
 
 def test_export_command_prints_the_breakdown_and_refuses_bad_paths(trained, capsys, tmp_path):
@@ -170,7 +183,7 @@ def test_export_command_prints_the_breakdown_and_refuses_bad_paths(trained, caps
     with pytest.raises(SystemExit) as stop:
         export.main([str(tmp_path / "missing"), str(tmp_path / "out2")])
     err = capsys.readouterr().err
-    assert stop.value.code == 2 and err.count("\n") == 1 and "not found" in err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "not found" in err, err
 
 
 def test_transformers_greedy_generate_matches_our_decoding(trained, hf):
@@ -250,7 +263,7 @@ def test_generate_cli_sampling_is_seeded(trained, capsys):
     (["--top-p", "0"], "--top-p=0.0 must be in (0, 1]"),
     (["--temperature", "-1"], "--temperature=-1.0 must be >= 0"),
     (["--max-new-tokens", "0"], "--max-new-tokens=0 must be at least 1"),
-    (["--max-new-tokens", str(SEQ_LEN)], f"exceed the model's context of {SEQ_LEN} tokens"),
+    (["--max-new-tokens", str(SEQ_LEN)], f"past this model's context of {SEQ_LEN}"),
 ])
 def test_generate_cli_bad_options_are_one_line(trained, capsys, args, message):
     code, out, err = run_generate(capsys, trained["exported"], "--prompt", "the cat", *args)

@@ -1,30 +1,34 @@
-"""Export a trm_lm checkpoint as a Hugging Face model directory with custom code:
+"""Export a trm_lm checkpoint as a Hugging Face model directory:
 
     python -m models.lm.export checkpoints/<project>/<run>/step_<N> exported/my-trm-lm
 
-writes config.json (with auto_map), the configuration/modeling code and the layers it uses, model.safetensors,
-the dataset's tokenizer files and a README model card, then prints the parameter breakdown. Load with
-AutoTokenizer.from_pretrained(dir) and AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)."""
+The recursive decoder (num_layers blocks applied num_loops times) is written as the Llama network it equals,
+unrolled to num_layers x num_loops layers: the token scale sqrt(hidden) folded into the embedding (and, when tied,
+its inverse into the final norm), each fused projection split into Llama's. config.json is therefore a Llama
+config that transformers reads without custom code, so AutoTokenizer.from_pretrained(dir) asks nothing; its
+auto_map names modeling_trm_lm.TRMLMForCausalLM for AutoModelForCausalLM.from_pretrained(dir,
+trust_remote_code=True), which adds self-masked padding and the up-front context check. Also written:
+model.safetensors, generation_config.json, the dataset's tokenizer (model_max_length = the context) and a model
+card with the parameter breakdown."""
 import argparse
-import re
+import math
+import os
 import shutil
 from pathlib import Path
+from typing import Dict
 
+import torch
 from omegaconf import OmegaConf
 
 from dataset.format import output_dir_problem, read_metadata
-from dataset.build_text_dataset import TOKENIZER_FILES
-from models.loading import find_weights
-from models.checkpoint_io import strip_compiled_prefix
+from dataset.text import load_tokenizer, save_tokenizer
+from models.checkpoint_io import read_weights_file, strip_compiled_prefix
 from models.lm import ARCH_NAME
-from training.checkpoint import read_weights_file
+from models.lm.core import RecursiveDecoder, describe_parameters, parameter_breakdown
+from models.loading import find_weights
 from utils.errors import UserError, user_errors
 
-PACKAGE = Path(__file__).resolve().parent
-MODELS = PACKAGE.parent
-# Files shipped with the model; our absolute imports become relative ones inside the exported directory.
-CODE_FILES = {"configuration_trm_lm.py": PACKAGE / "configuration_trm_lm.py", "modeling_trm_lm.py": PACKAGE / "modeling_trm_lm.py",
-              "core.py": PACKAGE / "core.py", "layers.py": MODELS / "layers.py", "common.py": MODELS / "common.py"}
+MODELING_FILE = Path(__file__).resolve().parent / "modeling_trm_lm.py"
 DECODER_PREFIX = "model.decoder."
 
 
@@ -34,10 +38,6 @@ class ExportError(UserError):
 
 def is_exported(path: Path) -> bool:
     return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
-
-
-def relative_imports(source: str) -> str:
-    return re.sub(r"^from models(?:\.lm)?\.(\w+) import", r"from .\1 import", source, flags=re.M)
 
 
 def read_run(checkpoint: Path):
@@ -56,94 +56,148 @@ def read_run(checkpoint: Path):
     return config["arch"], data_dir
 
 
-def hf_config(arch: dict, vocab_size: int, seq_len: int, tokenizer_dir: Path):
-    from tokenizers import Tokenizer
-    from models.lm.configuration_trm_lm import TRMLMConfig
-    tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
-    eos = tokenizer.token_to_id("<|endoftext|>")
-    config = TRMLMConfig(vocab_size=vocab_size, hidden_size=arch["hidden_size"], num_heads=arch["num_heads"],
-                         num_layers=arch["num_layers"], num_loops=arch["num_loops"], expansion=arch["expansion"],
-                         max_position_embeddings=arch.get("max_position_embeddings") or seq_len,
-                         rope_theta=arch.get("rope_theta", 10000.0), rms_norm_eps=arch.get("rms_norm_eps", 1e-5),
-                         tie_word_embeddings=arch.get("tie_word_embeddings", True), pad_token_id=0, eos_token_id=eos,
-                         bos_token_id=eos)
-    config.auto_map = {"AutoConfig": "configuration_trm_lm.TRMLMConfig",
-                       "AutoModelForCausalLM": "modeling_trm_lm.TRMLMForCausalLM"}
-    config.architectures = ["TRMLMForCausalLM"]
+def load_decoder(weights: Path, arch: dict, data_dir: Path) -> RecursiveDecoder:
+    """The run's decoder in float32, built as training built it (arch + the dataset's vocabulary and length)."""
+    from models.recursive_reasoning.trm_lm import TRMLMConfig
+    metadata = read_metadata(data_dir / "train")
+    keys = {k: v for k, v in arch.items() if k in TRMLMConfig.model_fields}
+    config = TRMLMConfig(**{**keys, "vocab_size": metadata.vocab_size, "seq_len": metadata.seq_len})
+    decoder = RecursiveDecoder(**config.decoder_kwargs())
+    state = {k.removeprefix(DECODER_PREFIX): v for k, v in strip_compiled_prefix(read_weights_file(str(weights))).items()}
+    try:
+        decoder.load_state_dict(state)
+    except RuntimeError as e:
+        raise ExportError(f"{weights} does not match its all_config.yaml: {str(e).splitlines()[0]}") from None
+    return decoder.eval()
+
+
+def llama_config(decoder: RecursiveDecoder, text_tokenizer, rope_theta: float):
+    from transformers import LlamaConfig
+    vocab, hidden = decoder.embed_tokens.embedding_weight.shape
+    first = decoder.layers[0]
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=first.mlp.down_proj.weight.shape[1],
+        num_hidden_layers=len(decoder.layers) * decoder.num_loops, num_attention_heads=first.self_attn.num_heads,
+        num_key_value_heads=first.self_attn.num_heads, head_dim=first.self_attn.head_dim,
+        max_position_embeddings=decoder.rotary_emb.cos_cached.shape[0], rms_norm_eps=decoder.eps,
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta}, tie_word_embeddings=decoder.lm_head is None,
+        pad_token_id=text_tokenizer.pad_id, eos_token_id=text_tokenizer.eos_id, bos_token_id=text_tokenizer.eos_id,
+        attention_bias=False, mlp_bias=False, hidden_act="silu")
+    config.architectures = ["LlamaForCausalLM"]
+    config.auto_map = {"AutoModelForCausalLM": "modeling_trm_lm.TRMLMForCausalLM"}
+    # The recursion the unrolled layers repeat (layer i is physical layer i % trm_num_layers), for readers of the file.
+    config.trm_num_layers, config.trm_num_loops = len(decoder.layers), decoder.num_loops
+    config.rope_theta = rope_theta  # the key transformers 4.x reads (5.x reads rope_parameters)
     return config
 
 
-def model_card(name: str, config, breakdown: dict) -> str:
+def llama_weights(decoder: RecursiveDecoder) -> Dict[str, torch.Tensor]:
+    """Our decoder's weights under Llama's names, one copy per unrolled layer (safetensors stores no aliases)."""
+    state = {k: v.detach().float() for k, v in decoder.state_dict().items()}
+    hidden = state["embed_tokens.embedding_weight"].shape[1]
+    scale = math.sqrt(hidden)
+    tied = decoder.lm_head is None
+    weights = {"model.embed_tokens.weight": state["embed_tokens.embedding_weight"] * decoder.embed_scale,
+               "model.norm.weight": torch.full((hidden,), 1 / scale if tied else 1.0)}
+    if not tied:
+        weights["lm_head.weight"] = state["lm_head.weight"]
+    ones = torch.ones(hidden)
+    for index in range(len(decoder.layers) * decoder.num_loops):
+        ours, theirs = f"layers.{index % len(decoder.layers)}.", f"model.layers.{index}."
+        query, key, value = state[ours + "self_attn.qkv_proj.weight"].chunk(3, dim=0)
+        gate, up = state[ours + "mlp.gate_up_proj.weight"].chunk(2, dim=0)
+        layer = {"self_attn.q_proj": query, "self_attn.k_proj": key, "self_attn.v_proj": value,
+                 "self_attn.o_proj": state[ours + "self_attn.o_proj.weight"], "mlp.gate_proj": gate, "mlp.up_proj": up,
+                 "mlp.down_proj": state[ours + "mlp.down_proj.weight"], "input_layernorm": ones,
+                 "post_attention_layernorm": ones}
+        weights.update({f"{theirs}{name}.weight": tensor.clone().contiguous() for name, tensor in layer.items()})
+    return weights
+
+
+def hf_model_from_checkpoint(checkpoint) -> tuple:
+    """A weights file or run directory -> (TRMLMForCausalLM holding its weights, the recursive decoder, the dataset
+    directory): the model the exported directory loads as."""
+    from models.lm.modeling_trm_lm import TRMLMForCausalLM
+    weights = find_weights(checkpoint)
+    arch, data_dir = read_run(weights)
+    decoder = load_decoder(weights, arch, data_dir)
+    config = llama_config(decoder, load_tokenizer(data_dir / "tokenizer"), arch.get("rope_theta", 10000.0))
+    model = TRMLMForCausalLM(config)
+    missing, unexpected = model.load_state_dict(llama_weights(decoder), strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)  # tied: the embedding
+    return model.eval(), decoder, data_dir
+
+
+def model_card(name: str, config, decoder: RecursiveDecoder) -> str:
+    counts = parameter_breakdown(decoder)
+    stored = counts["vocabulary"] + counts["core"] * decoder.num_loops
     return f"""---
 library_name: transformers
-tags: [trm, recursive, causal-lm]
+pipeline_tag: text-generation
+tags: [trm, recursive, causal-lm, custom_code]
 ---
 # {name}
 
-A recursive causal language model (Tiny Recursive Model for text): {config.num_layers} decoder layers (causal attention
-with RoPE, SwiGLU) applied {config.num_loops} times, hidden size {config.hidden_size}, {config.num_heads} heads,
-context {config.max_position_embeddings}, vocabulary {config.vocab_size:,} (byte-level BPE),
-{'tied' if config.tie_embeddings else 'untied'} embeddings.
+A recursive causal language model (Tiny Recursive Model for text): {config.trm_num_layers} decoder layers (causal
+attention with RoPE, SwiGLU, RMSNorm) applied {config.trm_num_loops} times, hidden size {config.hidden_size},
+{config.num_attention_heads} heads, context {config.max_position_embeddings}, vocabulary {config.vocab_size:,}
+(byte-level BPE), {'tied' if config.tie_word_embeddings else 'untied'} embeddings.
+
+The weights are stored as the equal {config.num_hidden_layers}-layer Llama network (layer i repeats layer
+i % {config.trm_num_layers}), so transformers' Llama code runs it; `trust_remote_code=True` adds
+`modeling_trm_lm.py`, which masks the leading padding of batched prompts given without an `attention_mask`
+and refuses a request past the context before generating. Fine-tuning this copy unties the loops.
 
 | Parameters | Count |
 |---|---|
-| Core (looped layers) | {breakdown['core']:,} |
-| Vocabulary (embeddings{'' if config.tie_embeddings else ' + output head'}) | {breakdown['vocabulary']:,} |
-| Total | {breakdown['total']:,} |
+| Core ({config.trm_num_layers} looped layers) | {counts['core']:,} |
+| Vocabulary (embedding{'' if config.tie_word_embeddings else ' + output head'}) | {counts['vocabulary']:,} |
+| Total | {counts['total']:,} |
+| Stored (unrolled) | {stored:,} |
+
+{describe_parameters(decoder)}
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 tokenizer = AutoTokenizer.from_pretrained("{name}")
 model = AutoModelForCausalLM.from_pretrained("{name}", trust_remote_code=True)
-inputs = tokenizer(["Once upon a time"], return_tensors="pt")
-print(tokenizer.decode(model.generate(**inputs, max_new_tokens=40, do_sample=True, top_p=0.9)[0]))
+input_ids = tokenizer(["Once upon a time", "The"], return_tensors="pt", padding=True).input_ids   # left padding
+out = model.generate(input_ids, max_length=40, do_sample=True, temperature=0.8, top_k=50, top_p=0.95,
+                     repetition_penalty=1.2, pad_token_id=tokenizer.eos_token_id)
+print(tokenizer.batch_decode(out, skip_special_tokens=True))
 ```
 """
 
 
-def hf_model_from_checkpoint(checkpoint) -> tuple:
-    """A weights file or run directory -> (TRMLMForCausalLM holding its weights in float32, the dataset directory),
-    the same model the exported directory loads as."""
-    from models.lm.modeling_trm_lm import TRMLMForCausalLM
-
-    weights = find_weights(checkpoint)
-    arch, data_dir = read_run(weights)
-    metadata = read_metadata(data_dir / "train")
-    model = TRMLMForCausalLM(hf_config(arch, metadata.vocab_size, metadata.seq_len, data_dir / "tokenizer"))
-    state = {k.removeprefix(DECODER_PREFIX): v for k, v in strip_compiled_prefix(read_weights_file(str(weights))).items()}
-    try:
-        model.decoder.load_state_dict(state)
-    except RuntimeError as e:
-        raise ExportError(f"{weights} does not match its all_config.yaml: {str(e).splitlines()[0]}") from None
-    return model.eval(), data_dir
+def readable_by_others(directory: Path) -> None:
+    """Give every exported file the mode the umask allows (safetensors writes 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in directory.iterdir():
+        os.chmod(path, 0o666 & ~umask)
 
 
-def export(checkpoint: str, out_dir: str, force: bool = False) -> dict:
-    """Write the model directory (absent, empty, or with `force` a previous export); -> the parameter breakdown."""
+def export(checkpoint: str, out_dir: str, force: bool = False) -> RecursiveDecoder:
+    """Write the model directory (absent, empty, or with `force` a previous export); -> the exported decoder."""
     from safetensors.torch import save_file
     from transformers import GenerationConfig
-    from models.lm.core import parameter_breakdown
 
     out = Path(out_dir)
     problem = output_dir_problem(out, force, recognise=is_exported, what="model export")
     if problem:  # before the model is read
         raise ExportError(problem.replace("--output-dir", "OUT_DIR"))
-    model, data_dir = hf_model_from_checkpoint(checkpoint)
-    config, decoder = model.config, model.decoder
-    breakdown = parameter_breakdown(decoder)
-
+    model, decoder, data_dir = hf_model_from_checkpoint(checkpoint)
+    config = model.config
     out.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(out)
     GenerationConfig(pad_token_id=config.pad_token_id, eos_token_id=config.eos_token_id,
-                     bos_token_id=config.bos_token_id, use_cache=False).save_pretrained(out)
-    save_file({f"decoder.{k}": v.float().contiguous() for k, v in decoder.state_dict().items()},
-              str(out / "model.safetensors"), metadata={"format": "pt"})
-    for name, source in CODE_FILES.items():
-        (out / name).write_text(relative_imports(source.read_text()))
-    for name in TOKENIZER_FILES:
-        shutil.copy(data_dir / "tokenizer" / name, out / name)
-    (out / "README.md").write_text(model_card(out.name, config, breakdown))
-    return breakdown
+                     bos_token_id=config.bos_token_id).save_pretrained(out)
+    save_file(llama_weights(decoder), str(out / "model.safetensors"), metadata={"format": "pt"})
+    shutil.copy(MODELING_FILE, out / MODELING_FILE.name)
+    save_tokenizer(load_tokenizer(data_dir / "tokenizer"), out, model_max_length=config.max_position_embeddings)
+    (out / "README.md").write_text(model_card(out.name, config, decoder))
+    readable_by_others(out)
+    return decoder
 
 
 @user_errors
@@ -153,11 +207,8 @@ def main(argv=None) -> None:
     p.add_argument("out_dir")
     p.add_argument("--force", action="store_true", help="replace a model exported into OUT_DIR before")
     args = p.parse_args(argv)
-    breakdown = export(args.checkpoint, args.out_dir, args.force)
-    print(f"Exported to {args.out_dir}\n"
-          f"  core (looped layers): {breakdown['core']:>12,}\n"
-          f"  vocabulary:           {breakdown['vocabulary']:>12,}\n"
-          f"  total:                {breakdown['total']:>12,}")
+    decoder = export(args.checkpoint, args.out_dir, args.force)
+    print(f"Exported to {args.out_dir}\n  {describe_parameters(decoder)}")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-from models.loading import InputError
 from models.lm.export import hf_model_from_checkpoint, is_exported
+from models.loading import find_weights
 from utils.errors import UserError, user_errors
 
 
@@ -26,16 +26,15 @@ def load_model(path: str) -> Tuple[object, object]:
     hf_logging.disable_progress_bar()  # small models load in an instant; keep stderr for errors
     path = Path(path)
     if is_exported(path):
-        # The tokenizer reads config.json too, whose auto_map would otherwise make transformers ask before loading.
-        return (AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).eval(),
-                AutoTokenizer.from_pretrained(path, trust_remote_code=True))
+        return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).eval(), AutoTokenizer.from_pretrained(path)
     if not path.exists():
         raise GenerateError(f"'{path}' not found: give an exported model directory, a trm_lm run directory or a step_<N> file")
     try:
-        model, data_dir = hf_model_from_checkpoint(path)
-    except InputError:
+        weights = find_weights(path)
+    except UserError:
         raise GenerateError(f"'{path}' is neither an exported model (config.json + model.safetensors) nor holds step_<N> "
                             f"weights: give an exported directory or a trm_lm run") from None
+    model, _, data_dir = hf_model_from_checkpoint(weights)  # a run that is not trm_lm says so
     return model, AutoTokenizer.from_pretrained(data_dir / "tokenizer")
 
 
@@ -65,21 +64,18 @@ def generation_kwargs(temperature: float, top_k: int, top_p: float, repetition_p
     return {**kwargs, "do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p}
 
 
-def check_context(prompt_tokens: int, max_new_tokens: int, context: int) -> None:
-    if prompt_tokens + max_new_tokens > context:
-        raise GenerateError(f"the prompt ({prompt_tokens} tokens) + --max-new-tokens {max_new_tokens} exceed the model's "
-                            f"context of {context} tokens: shorten the prompt or lower --max-new-tokens")
-
-
 def generate(model, tokenizer, prompts: Sequence[str], device=None, **kwargs) -> List[str]:
     """-> the continuation of each prompt (text after it, special tokens dropped)."""
-    import torch
     batch = tokenizer(list(prompts), return_tensors="pt", padding=True)
-    check_context(batch.input_ids.shape[1], kwargs["max_new_tokens"], model.config.max_position_embeddings)
     if device is not None:
         model, batch = model.to(device), batch.to(device)
-    with torch.no_grad():
+    try:
         out = model.generate(**batch, pad_token_id=tokenizer.pad_token_id, **kwargs)
+    except ValueError as e:
+        # The model's up-front context check, as one line (its class comes from the model directory's own module).
+        if type(e).__name__ != "ContextLengthError":
+            raise
+        raise GenerateError(str(e)) from None
     return tokenizer.batch_decode(out[:, batch.input_ids.shape[1]:], skip_special_tokens=True)
 
 

@@ -1,53 +1,48 @@
-"""Hugging Face model around the recursive decoder (shipped with exported models): forward returns
-CausalLMOutput, so transformers' generate() provides greedy search, sampling and the logits processors.
-Each step re-reads the whole sequence (no KV cache)."""
+"""The exported recursive LM for transformers' AutoModelForCausalLM (shipped in the model directory, loaded with
+trust_remote_code=True). The weights are a plain Llama network, the recursion unrolled (layer i repeats physical
+layer i % trm_num_layers), so transformers' own Llama code computes the model, KV cache included. This class adds
+what a recursive LM's users rely on beyond it:
+
+- batched prompts without an attention_mask: generate() masks the run of padding each row starts with (the
+  tokenizer's pad id, and any pad_token_id given), so that padded rows decode as each prompt alone even where the
+  pad token is the eos token and transformers cannot infer the mask;
+- a request past the context (max_position_embeddings, the training length) fails before generating."""
 import torch
-from transformers import GenerationMixin, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutput
-
-from models.lm.configuration_trm_lm import TRMLMConfig
-from models.lm.core import RecursiveDecoder
-from models.layers import RotaryEmbedding
+from transformers import LlamaForCausalLM
 
 
-class TRMLMForCausalLM(PreTrainedModel, GenerationMixin):
-    config_class = TRMLMConfig
-    base_model_prefix = "decoder"
-    _supports_cache_class = False
+class ContextLengthError(ValueError):
+    pass
 
-    def __init__(self, config: TRMLMConfig):
-        super().__init__(config)
-        self.decoder = RecursiveDecoder(
-            vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_heads=config.num_heads,
-            num_layers=config.num_layers, num_loops=config.num_loops, expansion=config.expansion,
-            max_position_embeddings=config.max_position_embeddings, rope_theta=config.rope_theta,
-            tie_word_embeddings=config.tie_embeddings, rms_norm_eps=config.rms_norm_eps, forward_dtype=torch.float32)
-        self.post_init()
-        if self.generation_config is not None:
-            self.generation_config.use_cache = False  # no KV cache: generate() must not build one
 
-    @torch.no_grad()
-    def _init_weights(self, module):
-        # Weights come from the checkpoint; only the rotary tables are not saved (non-persistent buffers), and
-        # transformers may have allocated them empty, so they are recomputed here.
-        if isinstance(module, RotaryEmbedding):
-            with torch.device("cpu"):
-                fresh = RotaryEmbedding(module.cos_cached.shape[1], module.cos_cached.shape[0], base=self.config.rope_theta)
-            module.cos_cached.copy_(fresh.cos_cached)
-            module.sin_cached.copy_(fresh.sin_cached)
+def leading_padding(input_ids: torch.Tensor, pad_ids) -> torch.Tensor:
+    """[B, S] ids -> bool [B, S], True on the pad tokens each row starts with; a row's last token always counts as
+    text (generation continues from it)."""
+    is_pad = torch.isin(input_ids, torch.tensor(sorted(pad_ids), device=input_ids.device))
+    run = is_pad.long().cumprod(-1).bool()
+    run[:, -1] = False
+    return run
 
-    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
 
-    def forward(self, input_ids, attention_mask=None, labels=None, **kwargs):
-        if input_ids.shape[1] > self.config.max_position_embeddings:
-            # RoPE tables end at the training context; past it the shapes would fail deep inside attention.
-            raise ValueError(f"{input_ids.shape[1]} tokens exceed the model's context of {self.config.max_position_embeddings}: "
-                             f"shorten the prompt or max_new_tokens")
-        if attention_mask is not None and bool(attention_mask.all()):
-            attention_mask = None  # nothing to mask: the plain causal kernel
-        logits = self.decoder(input_ids, attention_mask)
-        loss = None
-        if labels is not None:
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-        return CausalLMOutput(loss=loss, logits=logits)
+class TRMLMForCausalLM(LlamaForCausalLM):
+    def generation_length(self, prompt_length: int, generation_config, kwargs) -> int:
+        """The sequence length generate() will reach, as transformers resolves it (max_new_tokens over max_length)."""
+        config = generation_config if generation_config is not None else self.generation_config
+        max_new_tokens = kwargs.get("max_new_tokens", config.max_new_tokens)
+        if max_new_tokens is not None:
+            return prompt_length + max_new_tokens
+        return max(kwargs.get("max_length", config.max_length), prompt_length)
+
+    def generate(self, inputs=None, generation_config=None, **kwargs):
+        input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+        if input_ids is None or input_ids.ndim != 2 or input_ids.is_floating_point():
+            return super().generate(inputs, generation_config, **kwargs)
+        length, context = self.generation_length(input_ids.shape[1], generation_config, kwargs), self.config.max_position_embeddings
+        if length > context:
+            raise ContextLengthError(f"the prompt ({input_ids.shape[1]} tokens) and the new tokens reach {length} tokens, past "
+                                     f"this model's context of {context}: shorten the prompt (truncation=True cuts it "
+                                     f"to the context) or ask for fewer new tokens")
+        pad_ids = {i for i in (self.config.pad_token_id, kwargs.get("pad_token_id")) if i is not None}
+        if kwargs.get("attention_mask") is None and pad_ids:
+            kwargs["attention_mask"] = (~leading_padding(input_ids, pad_ids)).long()
+        return super().generate(inputs, generation_config, **kwargs)
