@@ -88,6 +88,14 @@ def test_client_code_as_written(gpt2_export, stdin):
     assert all(text.startswith(prompt) for text, prompt in zip(out["sampled"], PROMPTS))
 
 
+def test_the_tokenizer_loads_without_a_word(gpt2_export):
+    """AutoTokenizer.from_pretrained(dir), the client code's first line: nothing on stdout or stderr."""
+    code = "import sys\nfrom transformers import AutoTokenizer\nAutoTokenizer.from_pretrained(sys.argv[1])\n"
+    result = subprocess.run([sys.executable, "-c", code, str(gpt2_export)], stdin=subprocess.DEVNULL, capture_output=True,
+                            text=True, env=dict(QUIET_ENV, HF_HUB_OFFLINE="1"), timeout=300)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
 @pytest.fixture(scope="module")
 def client(gpt2_export):
     from transformers import AutoModelForCausalLM, AutoTokenizer

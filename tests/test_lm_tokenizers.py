@@ -12,7 +12,8 @@ import pytest
 from dataset import build_text_dataset, validate
 from dataset.format import read_metadata
 from dataset.text import EOS_TOKEN, load_tokenizer, read_documents, stdlib_documents
-from tests._tiny_lm import HIDDEN, SEQ_LEN, VOCAB, build_text, full_size_gpt2_layout, trained_gpt2_layout, write_corpus
+from tests._tiny_lm import (HIDDEN, SEQ_LEN, VOCAB, build_text, full_size_gpt2_layout, pretrain, trained_gpt2_layout,
+                             write_corpus)
 from tests.helpers import read_set
 from utils.errors import UserError
 
@@ -131,3 +132,18 @@ def test_the_standard_library_documentation_is_a_corpus(tmp_path):
 def test_stdlib_docs_without_input_and_no_text_at_all(tmp_path):
     with pytest.raises(UserError, match="no text: give UTF-8 files with --input, or --stdlib-docs"):
         build_text_dataset.main(["--output-dir", str(tmp_path / "out")])
+
+
+@pytest.mark.slow
+def test_a_gpt2_size_model_trains_and_exports(tmp_path):
+    """GPT-2's 50,257 ids end to end: the dataset, a few training steps, the export's config and embedding."""
+    from safetensors import safe_open
+    from models.lm.export import export
+    data = build_text(tmp_path, docs=60, tokenizer=full_size_gpt2_layout(tmp_path / "gpt2"))
+    run = tmp_path / "run"
+    pretrain(data, run, ["global_batch_size=8", "epochs=1", "eval_interval=1", "eval_max_batches=1"])
+    export(str(run), str(tmp_path / "exported"))
+    config = json.loads((tmp_path / "exported" / "config.json").read_text())
+    assert (config["vocab_size"], config["pad_token_id"], config["eos_token_id"]) == (50_257, 50_256, 50_256)
+    with safe_open(str(tmp_path / "exported" / "model.safetensors"), "pt") as weights:
+        assert weights.get_slice("model.embed_tokens.weight").get_shape() == [50_257, HIDDEN]
