@@ -31,7 +31,7 @@ class TRMLMForCausalLM(LlamaForCausalLM):
         max_new_tokens = kwargs.get("max_new_tokens", config.max_new_tokens)
         if max_new_tokens is not None:
             return prompt_length + max_new_tokens
-        return max(kwargs.get("max_length", config.max_length), prompt_length)
+        return max(kwargs.get("max_length") or config.max_length, prompt_length)
 
     def generate(self, inputs=None, generation_config=None, **kwargs):
         input_ids = inputs if inputs is not None else kwargs.get("input_ids")
