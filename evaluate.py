@@ -165,7 +165,7 @@ def run(options: EvaluateConfig, dist_info: DistInfo) -> Optional[Dict[str, Any]
     for mode in MODES[options.halt]:
         evaluators = create_evaluators(evaluator_configs, metadata, data_paths)  # fresh: ARC votes must not carry over
         runner = AdaptiveHalting(options.halt_threshold) if mode == "adaptive" else None
-        metrics = evaluate(model, loader, metadata, evaluators, dist_info, device, save_dir=str(output_dir / mode),
+        metrics = evaluate(model, loader, metadata.sets, evaluators, dist_info, device, save_dir=str(output_dir / mode),
                            step=step, max_batches=options.max_batches, progress=True, batch_runner=runner)
         if dist_info.is_main:
             results[mode] = with_intervals(metrics, evaluators)

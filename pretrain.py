@@ -220,7 +220,7 @@ def evaluate_and_log(run: Run) -> None:
         if run.ema is not None:
             run.ema.ema(run.eval_head)
         run.eval_model.eval()
-        metrics = evaluate(run.eval_model, run.eval_loader, run.eval_metadata, run.evaluators, run.dist_info, run.device,
+        metrics = evaluate(run.eval_model, run.eval_loader, run.eval_metadata.sets, run.evaluators, run.dist_info, run.device,
                            save_outputs=run.config.eval_save_outputs, save_dir=run.config.checkpoint_path,
                            step=run.state.step, max_batches=run.config.eval_max_batches)
         if run.tracker is not None:

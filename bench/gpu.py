@@ -119,10 +119,10 @@ def eval_throughput(args, work: Path) -> Dict[str, str]:
     eval_head = ema.ema_copy(head).eval()
     measured = {}
     for mode, model in (("eager", eval_head), ("compiled", maybe_compile(eval_head, True, device))):
-        evaluate(model, loader, metadata, [], DistInfo(), device, max_batches=1)  # untimed: compiles
+        evaluate(model, loader, metadata.sets, [], DistInfo(), device, max_batches=1)  # untimed: compiles
         synchronize(device)
         start = time.perf_counter()
-        metrics = evaluate(model, loader, metadata, [], DistInfo(), device)["all"]
+        metrics = evaluate(model, loader, metadata.sets, [], DistInfo(), device)["all"]
         synchronize(device)
         measured[mode] = (metrics, time.perf_counter() - start)
     (eager, eager_s), (compiled, compiled_s) = measured["eager"], measured["compiled"]

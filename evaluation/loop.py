@@ -40,11 +40,12 @@ def count_test_batches(data_paths: List[str], sets: List[str], global_batch_size
 
 
 @torch.inference_mode()
-def evaluate(head: nn.Module, eval_loader, eval_metadata, evaluators: List[Any], dist_info: DistInfo,
+def evaluate(head: nn.Module, eval_loader, set_names: Sequence[str], evaluators: List[Any], dist_info: DistInfo,
              device: torch.device, save_outputs: Sequence[str] = (), save_dir: Optional[str] = None,
              step: int = 0, max_batches: Optional[int] = None, progress: bool = False,
              batch_runner: Optional[Callable] = None) -> Optional[Dict[str, Any]]:
-    """Run every test batch to the end of ACT, then reduce per-set metrics and the evaluators' results to rank 0.
+    """Run every test batch to the end of ACT, then reduce the metrics of each set (`set_names`, the loader's sets)
+    and the evaluators' results to rank 0.
 
     `batch_runner(head, batches, return_keys, device)` yields (set_name, batch, metrics, outputs) and decides how
     rows halt: run_to_max_steps (the reference, default) or AdaptiveHalting (evaluation/halting.py)."""
@@ -53,7 +54,7 @@ def evaluate(head: nn.Module, eval_loader, eval_metadata, evaluators: List[Any],
         evaluator.begin_eval()
         return_keys.update(evaluator.required_outputs)
 
-    set_ids = {name: i for i, name in enumerate(eval_metadata.sets)}
+    set_ids = {name: i for i, name in enumerate(set_names)}
     metric_keys: List[str] = []
     metric_values = None
     saved: Dict[str, List[torch.Tensor]] = {}

@@ -7,6 +7,7 @@ import torch
 
 from dataset.format import IGNORE_LABEL_ID
 from evaluators.stats import accuracy_with_interval
+from models.losses import row_metrics
 from utils.distributed import gather_to_rank0
 
 
@@ -26,12 +27,13 @@ class RowCheckEvaluator:
         missing = self.required_outputs - merged.keys()
         if missing:
             raise KeyError(f"{self.name} evaluator needs outputs {sorted(missing)}; request them in return_keys")
-        labels = merged["labels"].cpu().numpy()
-        labelled = labels != IGNORE_LABEL_ID
-        keep = labelled.any(-1)  # padding rows of the last test batch carry no labels
-        inputs, predictions = merged["inputs"].cpu().numpy()[keep], merged["preds"].cpu().numpy()[keep]
-        self.count += int(keep.sum())
-        self.exact += int(((predictions == labels[keep]) | ~labelled[keep]).all(-1).sum())
+        labels, predictions = merged["labels"].cpu(), merged["preds"].cpu()
+        every_row = torch.ones(len(labels), dtype=torch.bool)
+        metrics, _ = row_metrics(predictions, labels, torch.zeros(len(labels)), torch.zeros(len(labels)), every_row)
+        self.count += int(metrics["count"])  # padding rows of the last test batch carry no labels
+        self.exact += int(metrics["exact_accuracy"])
+        keep = (labels != IGNORE_LABEL_ID).any(-1).numpy()
+        inputs, predictions = merged["inputs"].cpu().numpy()[keep], predictions.numpy()[keep]
         if keep.any():
             self.valid += int(self.valid_rows(inputs, predictions).sum())
 

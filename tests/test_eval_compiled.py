@@ -1,6 +1,5 @@
 """Evaluation as pretrain.py runs it: one EMA copy, compiled once and refreshed in place before each evaluation,
 gives the eager metrics and reuses its graphs."""
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -40,7 +39,7 @@ def test_compiled_evaluation_gives_the_eager_metrics_and_reuses_its_graph_after_
         head = tiny_head()
     ema = EMAHelper(mu=0.5)
     ema.register(head)
-    batches, metadata = eval_batches(), SimpleNamespace(sets=["all"])
+    batches, sets = eval_batches(), ["all"]
 
     def train_a_little():
         with torch.no_grad():
@@ -49,7 +48,7 @@ def test_compiled_evaluation_gives_the_eager_metrics_and_reuses_its_graph_after_
         ema.update(head)
 
     def metrics(model):
-        return evaluate(model.eval(), batches, metadata, [], DistInfo(), device)["all"]
+        return evaluate(model.eval(), batches, sets, [], DistInfo(), device)["all"]
 
     def assert_same(a, b):
         assert a.keys() == b.keys()

@@ -49,10 +49,10 @@ def test_adaptive_equals_fixed_when_no_row_halts_early(tiny, head):
     with torch.no_grad():
         head.model.inner.q_head.bias[0] = -1e4  # sigmoid(q_halt) ~ 0: every row runs to halt_max_steps
     loader, metadata = make_loader(tiny), make_loader(tiny).metadata
-    fixed = evaluate(head, loader, metadata, [], DistInfo(), torch.device("cpu"), save_outputs=["preds", "inputs"],
+    fixed = evaluate(head, loader, metadata.sets, [], DistInfo(), torch.device("cpu"), save_outputs=["preds", "inputs"],
                      save_dir=None)
     runner = AdaptiveHalting(0.5)
-    adaptive = evaluate(head, loader, metadata, [], DistInfo(), torch.device("cpu"), batch_runner=runner)
+    adaptive = evaluate(head, loader, metadata.sets, [], DistInfo(), torch.device("cpu"), batch_runner=runner)
     for key in ("count", "accuracy", "exact_accuracy", "q_halt_accuracy", "steps"):
         assert adaptive["all"][key] == pytest.approx(fixed["all"][key], abs=1e-6), key
     assert adaptive["all"]["steps"] == head.model.config.halt_max_steps

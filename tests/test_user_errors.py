@@ -83,8 +83,7 @@ def files(tmp_path_factory, tiny):
     return f
 
 
-def table(f, tiny):
-    """(name, command, a fragment the error line must hold)."""
+def pretrain_cases(f, tiny):
     g, b = f["good"], f["base"]
     run = f"+checkpoint_path={b / 'run'}"
     P = ["pretrain.py", f"data_paths=[{g}]", "evaluators=[]", "global_batch_size=8", "epochs=2", "eval_interval=2",
@@ -93,9 +92,8 @@ def table(f, tiny):
     def data(path):
         return ["pretrain.py", f"data_paths=[{path}]", *P[2:]]
 
-    E = ["evaluate.py", f"checkpoint={tiny['run']}", "device=cpu"]
     return [
-        # pretrain: configuration values
+        # configuration values
         ("lr negative", P + ["lr=-1"], "'lr' = -1"),
         ("lr nan", P + ["lr=nan"], "'lr'"),
         ("lr inf", P + ["lr=inf"], "'lr'"),
@@ -120,10 +118,10 @@ def table(f, tiny):
         ("no GPU", P + ["device=cuda"], "no CUDA GPU"),
         ("unknown evaluator", P + ["evaluators=[{name: nosuch@Nothing}]"], "evaluators: 'nosuch@Nothing'"),
         ("ARC evaluator on Sudoku data", P + ["evaluators=[{name: arc@ARC}]"], "test_puzzles.json not found"),
-        # pretrain: sizes
+        # sizes
         ("batch beyond the data", P + ["global_batch_size=100000"], "global_batch_size=100000 is larger than the 40 examples"),
         ("group order beyond reason", P + ["epochs=1000000000", "eval_interval=null"], "set eval_interval to at most"),
-        # pretrain: data and files
+        # data and files
         ("missing dataset", data(b / "nowhere"), "not found: build it first"),
         ("dataset is a file", data(b / "a_file"), "is a file, not a dataset directory"),
         ("test data nowhere", P + [f"data_paths_test=[{b / 'nowhere'}]"], "is not a directory"),
@@ -141,7 +139,13 @@ def table(f, tiny):
         ("resume nowhere", ["pretrain.py", f"resume={b / 'nowhere'}"], "not found"),
         ("resume latest, no run there", ["pretrain.py", "resume=latest", f"+checkpoint_path={b / 'empty_runs'}"], "no training state"),
         ("same run name", P[:-1] + [f"+checkpoint_path={tiny['run']}"], "already holds a run"),
-        # evaluate
+    ]
+
+
+def evaluate_cases(f, tiny):
+    b = f["base"]
+    E = ["evaluate.py", f"checkpoint={tiny['run']}", "device=cpu"]
+    return [
         ("evaluate: no checkpoint", ["evaluate.py"], "checkpoint is missing"),
         ("evaluate: checkpoint nowhere", ["evaluate.py", f"checkpoint={b / 'nowhere'}"], "not found"),
         ("evaluate: truncated", ["evaluate.py", f"checkpoint={b / 'run_truncated_ckpt'}", "device=cpu"], "truncated or corrupt"),
@@ -153,7 +157,12 @@ def table(f, tiny):
         ("evaluate: test labels outside vocab", E + [f"data_paths=[{f['test_labels_out']}]"], "labels.npy: value 99"),
         ("evaluate: no GPU", E[:-1] + ["device=cuda"], "no CUDA GPU"),
         ("evaluate: unknown key", E + ["halt_treshold=0.5"], "unknown config key 'halt_treshold'"),
-        # dataset builders and the validator
+    ]
+
+
+def builder_cases(f):
+    g, b = f["good"], f["base"]
+    return [
         ("builder into a directory of datasets", ["-m", "dataset.build_sudoku_dataset", "--size", "4", "--generate", "20",
                                                   "--generate-test", "5", "--output-dir", str(b)], "is not empty and holds no dataset"),
         ("builder onto a file", ["-m", "dataset.build_sudoku_dataset", "--generate", "5", "--output-dir", str(b / "a_file")], "is an existing file"),
@@ -170,7 +179,13 @@ def table(f, tiny):
         ("text builder: seq_len 0", ["-m", "dataset.build_text_dataset", "--input", str(b / "a_file"), "--seq-len", "0", "--output-dir", str(b / "x")], "--seq-len=0"),
         ("validate: missing", ["-m", "dataset.validate", str(b / "nowhere")], "is not a directory"),
         ("validate: bad labels", ["-m", "dataset.validate", str(f["labels_out"])], "labels.npy: value"),
-        # language models, the demo, benches
+    ]
+
+
+def other_cases(f, tiny):
+    """The language models, the demo, benches."""
+    g, b = f["good"], f["base"]
+    return [
         ("export: not found", ["-m", "models.lm.export", str(b / "nowhere"), str(b / "out")], "not found"),
         ("export: not an LM run", ["-m", "models.lm.export", str(tiny["run"]), str(b / "out")], "not trm_lm"),
         ("export: into a dataset", ["-m", "models.lm.export", str(tiny["run"]), str(g)], "is not empty"),
@@ -183,6 +198,11 @@ def table(f, tiny):
         ("bench: no ARC data", ["-m", "bench.dataset_build", "--which", "arc", "--arc-prefix", str(b / "none")], "pass --arc-prefix"),
         ("study: unknown model", ["-m", "bench.replicate", "models=[trn]"], "unknown model 'trn'"),
     ]
+
+
+def table(f, tiny):
+    """(name, command, a fragment the error line must hold)."""
+    return pretrain_cases(f, tiny) + evaluate_cases(f, tiny) + builder_cases(f) + other_cases(f, tiny)
 
 
 # The case names, for the test ids (the paths in the commands exist only once the fixtures have run).

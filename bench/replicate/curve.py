@@ -1,6 +1,5 @@
 """Held-out exact accuracy if the model were stopped after k = 1..halt_max_steps supervision steps, from one
 reference evaluation pass (evaluation.loop.evaluate with a batch runner that reports every step as its own set)."""
-from types import SimpleNamespace
 from typing import List, Tuple
 
 import torch
@@ -34,7 +33,7 @@ def every_step_runner(max_steps: int):
 
 def accuracy_per_step(head, loader, max_steps: int, device: torch.device) -> Tuple[List[float], List[float]]:
     """Exact and cell accuracy after 1, 2, ... max_steps steps; the last equal the reference evaluation's."""
-    metadata = SimpleNamespace(sets=[step_set(k) for k in range(1, max_steps + 1)])
-    results = evaluate(head, loader, metadata, [], DistInfo(), device, batch_runner=every_step_runner(max_steps))
+    sets = [step_set(k) for k in range(1, max_steps + 1)]
+    results = evaluate(head, loader, sets, [], DistInfo(), device, batch_runner=every_step_runner(max_steps))
     per_step = [results[step_set(k)] for k in range(1, max_steps + 1)]
     return [r["exact_accuracy"] for r in per_step], [r["accuracy"] for r in per_step]
