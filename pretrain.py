@@ -24,7 +24,7 @@ from training.builders import (copy_run_files, create_dataloader, create_evaluat
                                fit_evaluators)
 from training.checkpoint import Checkpointer, load_weights_file, read_training_state
 from training.config import PretrainConfig, override_keys, prepare_resume, sweep_run_name, validate_config
-from training.data_checks import check_run_data, planned_steps
+from training.data_checks import check_run_data, planned_steps, test_paths_of
 from training.loop import TrainState, final_summary_line, train_batch
 from training.preemption import GracefulStop
 from training.prefetch import prefetch_depth, prefetched
@@ -137,11 +137,10 @@ def build_model(config: PretrainConfig, metadata, dist_info: DistInfo, device: t
 
 def build_evaluation(config: PretrainConfig, dist_info: DistInfo):
     """The test loader, its metadata, the evaluators and the kind of pictures; all None/empty without a test split."""
-    test_paths = config.data_paths_test or config.data_paths
-    try:
-        loader, metadata = create_dataloader(test_paths, "test", config.global_batch_size, dist_info, seed=config.seed)
-    except FileNotFoundError:
+    test_paths = test_paths_of(config)
+    if not test_paths:
         return None, None, [], None
+    loader, metadata = create_dataloader(test_paths, "test", config.global_batch_size, dist_info, seed=config.seed)
     config.evaluators = fit_evaluators(config.evaluators, metadata, test_paths,
                                        chosen="evaluators" in override_keys(command_line_overrides()))
     evaluators = create_evaluators(config.evaluators, metadata, test_paths)

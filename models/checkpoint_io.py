@@ -1,15 +1,15 @@
 """The checkpoint files: their names, the one safe reader, atomic writes, finding a run's newest file, and the
-reference's weights layout (docs/checkpoints.md#reference-weights-file) written and read side by side. A run directory holds `step_<N>` (the
-reference's weights file: the loss head's state dict with the `_orig_mod.` prefix torch.compile adds) and, from
-training, `state_<N>.pt` beside it (see training/checkpoint.py)."""
+reference's weights layout (docs/checkpoints.md#reference-weights-file) written and read side by side. A run
+directory holds `step_<N>` (the reference's weights file: the loss head's state dict, keys prefixed `_orig_mod.`
+as torch.compile's wrapper names them) and, from training, `state_<N>.pt` beside it (training/checkpoint.py)."""
 import os
 import re
 from typing import Any, Dict, Optional, Pattern, Union
 
 import torch
 from torch import nn
-from utils.errors import MissingFile, UserError
 
+from utils.errors import MissingFile, UserError
 
 COMPILED_ATTR = "_orig_mod"                 # where torch.compile's wrapper keeps the module
 COMPILED_PREFIX = COMPILED_ATTR + "."      # ... and so the prefix of its state dict's keys
@@ -170,7 +170,7 @@ def mismatch(own: Dict[str, torch.Tensor], state_dict: Dict[str, torch.Tensor], 
 
 def load_reference_checkpoint(head: nn.Module, source: Union[str, Dict[str, torch.Tensor]], strict: bool = True) -> None:
     """Load a reference-layout state dict (a file path or a dict) into `head` (an ACTLossHead, compiled or not);
-    a mismatch is a ValueError.
+    a mismatch is a UserError.
 
     A puzzle-embedding table with another number of puzzles (fine-tuning on new puzzles) is replaced by its
     mean row, broadcast to this model's table (docs/checkpoints.md#fine-tuning-on-new-puzzles)."""
