@@ -76,7 +76,8 @@ def launch(cfg: DictConfig) -> dict:
             config, resume_state = on_main_rank(lambda: decide_config(cfg, run_dir), dist_info)
             if config.resume and resume_state is None:  # ranks other than 0
                 resume_state = read_training_state(config.resume)
-            return train(build_run(config, dist_info, resume_state))
+            with compile_failures_stop_the_run():  # torch.compile fails at the first step it compiles
+                return train(build_run(config, dist_info, resume_state))
     finally:
         shutdown_distributed()
 
@@ -147,7 +148,6 @@ def build_evaluation(config: PretrainConfig, dist_info: DistInfo):
     return loader, metadata, evaluators, dataset_kind(metadata, test_paths, [e.name for e in config.evaluators])
 
 
-@compile_failures_stop_the_run()
 def build_run(config: PretrainConfig, dist_info: DistInfo, resume_state: Optional[Dict[str, Any]]) -> Run:
     torch.manual_seed(config.seed + dist_info.rank)
     np.random.seed(config.seed + dist_info.rank)
