@@ -73,3 +73,12 @@ def gather_to_rank0(obj, rank: int, world_size: int, group=None) -> Optional[lis
     gathered = [None] * world_size if rank == 0 else None
     dist.gather_object(obj, gathered, dst=0, group=group)
     return gathered if rank == 0 else None
+
+
+def broadcast_from_rank0(obj, rank: int, world_size: int, group=None):
+    """Rank 0's `obj` on every rank (a Python object, over the Gloo group beside NCCL)."""
+    if world_size <= 1:
+        return obj
+    holder = [obj if rank == 0 else None]
+    dist.broadcast_object_list(holder, src=0, group=group)
+    return holder[0]
