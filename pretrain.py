@@ -19,13 +19,15 @@ from evaluation.loop import eval_summary_line, evaluate
 from evaluation.pictures import dataset_kind, reasoning_images
 from models.build import build_loss_head
 from models.ema import EMAHelper
+from models.lm import ARCH_NAME as LM_ARCH_NAME
+from models.lm.core import describe_parameters
 from training.budget import CLOCKS, TrainingClock
 from training.builders import (copy_run_files, create_dataloader, create_evaluators, create_optimizers, ensure_dataset,
                                fit_evaluators)
 from training.checkpoint import Checkpointer, load_weights_file, read_training_state
 from training.config import PretrainConfig, override_keys, prepare_resume, sweep_run_name, validate_config
 from training.data_checks import check_run_data, planned_steps, test_paths_of
-from training.loop import TrainState, final_summary_line, train_batch
+from training.loop import TrainState, final_summary_line, progress_postfix, train_batch
 from training.preemption import GracefulStop
 from training.prefetch import prefetch_depth, prefetched
 from training.run_dir import claim_run_dir
@@ -180,6 +182,8 @@ def build_run(config: PretrainConfig, dist_info: DistInfo, resume_state: Optiona
               f"{planned_steps(batches_per_pass, config, schedule.total_steps)}, device {device}, "
               f"dtype {describe_precision(forward_dtype, device)}, {describe_threads()}, world size {dist_info.world_size}, "
               f"checkpoints in {config.checkpoint_path}")
+        if config.arch.name == LM_ARCH_NAME:  # core against vocabulary, tied and untied
+            print(describe_parameters(head.model.decoder))
     run = Run(config=config, dist_info=dist_info, device=device, train_batches=train_batches,
               total_iters=config.epochs // config.epochs_per_iter, head=head, state=state, ema=ema, eval_head=eval_head,
               eval_model=eval_model, eval_loader=eval_loader, eval_metadata=eval_metadata, evaluators=evaluators,
@@ -245,9 +249,7 @@ def train_step(run: Run, batch: Dict[str, torch.Tensor], global_batch_size: int,
     if run.tracker is not None:
         run.tracker.log(metrics, step=run.state.step)
         if "train/accuracy" in metrics:
-            run.progress.set_postfix(loss=f"{metrics.get('train/lm_loss', float('nan')):.3f}",
-                                     acc=f"{metrics['train/accuracy']:.3f}",
-                                     exact=f"{metrics.get('train/exact_accuracy', float('nan')):.3f}", refresh=False)
+            run.progress.set_postfix(progress_postfix(metrics, run.config.arch.name == LM_ARCH_NAME), refresh=False)
     run.progress.update(1)
     if run.stop.requested(run.state.step) or run.checkpointer.due(run.state.step):
         save_checkpoint(run, next_iter=iter_id)

@@ -1,6 +1,7 @@
 """trm_lm end to end on generated text: build the dataset, train through pretrain.py, export, load with
 transformers and check the unrolled Llama export and generate() against our own decoder and decoding loop."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -280,3 +281,10 @@ def test_generate_cli_bad_paths_are_one_line(trained, capsys, tmp_path):
                           (puzzle_run, "not trm_lm")):
         code, out, err = run_generate(capsys, path, "--prompt", "the")
         assert code == 2 and err.count("\n") == 1 and message in err, (path, err)
+
+
+def test_the_progress_bar_shows_perplexity_for_language_models_and_exact_rows_for_puzzles():
+    from training.loop import progress_postfix
+    metrics = {"train/lm_loss": math.log(20.0), "train/accuracy": 0.25, "train/exact_accuracy": 0.0}
+    assert progress_postfix(metrics, language_model=True) == {"loss": "2.996", "ppl": "20.0", "acc": "0.250"}
+    assert progress_postfix(metrics, language_model=False) == {"loss": "2.996", "acc": "0.250", "exact": "0.000"}

@@ -103,3 +103,17 @@ def test_reference_command_lines_build_their_models(name):
     carry = head.initial_carry(batch)
     _, loss, metrics, outputs, _ = head(carry=carry, batch=batch, return_keys=["logits"])
     assert outputs["logits"].shape == (4, seq_len, vocab) and torch.isfinite(loss)
+
+
+def test_a_missing_dataset_is_built_where_the_run_looks_for_it(tmp_path, monkeypatch):
+    """data_build runs the builder from the repository; the dataset must still land relative to the caller."""
+    from training.builders import ensure_dataset
+    build = "data_build={module: dataset.build_sudoku_dataset, args: [--size, '4', --generate, '12', --generate-test, '4']}"
+    with initialize_config_dir(config_dir=str(ROOT / "config"), version_base=None):
+        raw = OmegaConf.to_container(compose("cfg_pretrain", overrides=["data_paths=[data/built]", "evaluators=[]", build]),
+                                     resolve=True)
+    config = validate_config(raw)
+    monkeypatch.chdir(tmp_path)
+    ensure_dataset(config)
+    assert (tmp_path / "data" / "built" / "train" / "dataset.json").is_file()
+    assert not (ROOT / "data" / "built").exists()

@@ -26,7 +26,8 @@ def ensure_dataset(config: PretrainConfig) -> None:
     if config.data_build is None:
         raise UserError(f"dataset '{path}' not found: build it first (e.g. python dataset/build_sudoku_dataset.py "
                         f"--output-dir {path} ...) or fix data_paths")
-    cmd = [sys.executable, "-m", config.data_build.module, "--output-dir", path, *config.data_build.args]
+    # absolute: the builder runs from the repository (for `-m`), the path is relative to where pretrain.py runs
+    cmd = [sys.executable, "-m", config.data_build.module, "--output-dir", os.path.abspath(path), *config.data_build.args]
     print("Building missing dataset:", " ".join(cmd))
     # the builder's stderr (progress, or its one error line) is held back so a failure stays one line
     built = subprocess.run(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

@@ -1,5 +1,6 @@
 """One training step (docs/network.md#training): forward through the ACT loss head, backward, gradients summed over
 ranks, optimizer steps at the scheduled learning rate; and the line the run ends with."""
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence
 
@@ -70,6 +71,19 @@ def train_batch(state: TrainState, batch: Dict[str, torch.Tensor], global_batch_
     reduced = reduce_train_metrics(metrics, global_batch_size, dist_info)
     reduced["train/lr"] = lr
     return reduced
+
+
+def progress_postfix(metrics: Dict[str, float], language_model: bool) -> Dict[str, str]:
+    """The progress bar's figures: a language model's mean token loss, its perplexity and token accuracy (exact
+    rows mean nothing for packed text); a puzzle model's loss, cell accuracy and exact puzzles."""
+    loss = metrics.get("train/lm_loss", math.nan)
+    figures = {"loss": f"{loss:.3f}"}
+    if language_model:
+        figures["ppl"] = f"{math.exp(loss) if loss < 700 else math.inf:.1f}"
+    figures["acc"] = f"{metrics.get('train/accuracy', math.nan):.3f}"
+    if not language_model:
+        figures["exact"] = f"{metrics.get('train/exact_accuracy', math.nan):.3f}"
+    return figures
 
 
 def final_summary_line(step: int, seconds: float, metrics: Dict[str, Any]) -> str:

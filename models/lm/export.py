@@ -32,10 +32,6 @@ MODELING_FILE = Path(__file__).resolve().parent / "modeling_trm_lm.py"
 DECODER_PREFIX = "model.decoder."
 
 
-class ExportError(UserError):
-    pass
-
-
 def is_exported(path: Path) -> bool:
     return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
 
@@ -44,15 +40,15 @@ def read_run(checkpoint: Path):
     """-> (arch dict, dataset dir) from the all_config.yaml beside the weights file."""
     config_path = checkpoint.parent / "all_config.yaml"
     if not config_path.is_file():
-        raise ExportError(f"{config_path} not found: export a step_<N> file from a pretrain.py run directory")
+        raise UserError(f"{config_path} not found: export a step_<N> file from a pretrain.py run directory")
     config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
     if config["arch"]["name"] != ARCH_NAME:
-        raise ExportError(f"run arch is {config['arch']['name']!r}, not trm_lm: only language-model runs (arch=trm_lm) export")
+        raise UserError(f"run arch is {config['arch']['name']!r}, not trm_lm: only language-model runs (arch=trm_lm) export")
     data_dir = Path(config["data_paths"][0])
     if not data_dir.is_absolute() and not data_dir.exists():
         data_dir = checkpoint.parent / data_dir
     if not (data_dir / "tokenizer" / "tokenizer.json").is_file():
-        raise ExportError(f"no tokenizer in {data_dir}/tokenizer: the run's dataset must come from dataset.build_text_dataset")
+        raise UserError(f"no tokenizer in {data_dir}/tokenizer: the run's dataset must come from dataset.build_text_dataset")
     return config["arch"], data_dir
 
 
@@ -67,7 +63,7 @@ def load_decoder(weights: Path, arch: dict, data_dir: Path) -> RecursiveDecoder:
     try:
         decoder.load_state_dict(state)
     except RuntimeError as e:
-        raise ExportError(f"{weights} does not match its all_config.yaml: {str(e).splitlines()[0]}") from None
+        raise UserError(f"{weights} does not match its all_config.yaml: {str(e).splitlines()[0]}") from None
     return decoder.eval()
 
 
@@ -185,7 +181,7 @@ def export(checkpoint: str, out_dir: str, force: bool = False) -> RecursiveDecod
     out = Path(out_dir)
     problem = output_dir_problem(out, force, recognise=is_exported, what="model export")
     if problem:  # before the model is read
-        raise ExportError(problem.replace("--output-dir", "OUT_DIR"))
+        raise UserError(problem.replace("--output-dir", "OUT_DIR"))
     model, decoder, data_dir = hf_model_from_checkpoint(checkpoint)
     config = model.config
     out.mkdir(parents=True, exist_ok=True)

@@ -15,10 +15,6 @@ from models.loading import find_weights
 from utils.errors import UserError, user_errors
 
 
-class GenerateError(UserError):
-    pass
-
-
 def load_model(path: str) -> Tuple[object, object]:
     """-> (model in eval mode, tokenizer) from an exported directory or a trm_lm checkpoint."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -28,12 +24,12 @@ def load_model(path: str) -> Tuple[object, object]:
     if is_exported(path):
         return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).eval(), AutoTokenizer.from_pretrained(path)
     if not path.exists():
-        raise GenerateError(f"'{path}' not found: give an exported model directory, a trm_lm run directory or a step_<N> file")
+        raise UserError(f"'{path}' not found: give an exported model directory, a trm_lm run directory or a step_<N> file")
     try:
         weights = find_weights(path)
     except UserError:
-        raise GenerateError(f"'{path}' is neither an exported model (config.json + model.safetensors) nor holds step_<N> "
-                            f"weights: give an exported directory or a trm_lm run") from None
+        raise UserError(f"'{path}' is neither an exported model (config.json + model.safetensors) nor holds step_<N> "
+                        f"weights: give an exported directory or a trm_lm run") from None
     model, _, data_dir = hf_model_from_checkpoint(weights)  # a run that is not trm_lm says so
     return model, AutoTokenizer.from_pretrained(data_dir / "tokenizer")
 
@@ -41,17 +37,17 @@ def load_model(path: str) -> Tuple[object, object]:
 def check_options(args: argparse.Namespace) -> None:
     """Impossible sampling settings -> one line, before the model is loaded."""
     if args.max_new_tokens < 1:
-        raise GenerateError(f"--max-new-tokens={args.max_new_tokens} must be at least 1")
+        raise UserError(f"--max-new-tokens={args.max_new_tokens} must be at least 1")
     if args.temperature < 0:
-        raise GenerateError(f"--temperature={args.temperature} must be >= 0 (0: greedy)")
+        raise UserError(f"--temperature={args.temperature} must be >= 0 (0: greedy)")
     if args.top_k < 0:
-        raise GenerateError(f"--top-k={args.top_k} must be >= 0 (0: off)")
+        raise UserError(f"--top-k={args.top_k} must be >= 0 (0: off)")
     if not 0 < args.top_p <= 1:
-        raise GenerateError(f"--top-p={args.top_p} must be in (0, 1] (1: off)")
+        raise UserError(f"--top-p={args.top_p} must be in (0, 1] (1: off)")
     if args.repetition_penalty <= 0:
-        raise GenerateError(f"--repetition-penalty={args.repetition_penalty} must be > 0 (1: off)")
+        raise UserError(f"--repetition-penalty={args.repetition_penalty} must be > 0 (1: off)")
     if any(not p for p in args.prompt):
-        raise GenerateError("an empty --prompt: give some text to continue")
+        raise UserError("an empty --prompt: give some text to continue")
 
 
 def generation_kwargs(temperature: float, top_k: int, top_p: float, repetition_penalty: float,
@@ -75,7 +71,7 @@ def generate(model, tokenizer, prompts: Sequence[str], device=None, **kwargs) ->
         # The model's up-front context check, as one line (its class comes from the model directory's own module).
         if type(e).__name__ != "ContextLengthError":
             raise
-        raise GenerateError(str(e)) from None
+        raise UserError(str(e)) from None
     return tokenizer.batch_decode(out[:, batch.input_ids.shape[1]:], skip_special_tokens=True)
 
 
