@@ -186,3 +186,25 @@ def load_reference_checkpoint(head: nn.Module, source: Union[str, Dict[str, torc
     if problem:
         raise UserError(problem)
     module.load_state_dict(state_dict, strict=strict)
+
+
+def grow_puzzle_embedding(state_dict: Dict[str, torch.Tensor], rows: int) -> Dict[str, torch.Tensor]:
+    """A copy of `state_dict` whose puzzle-embedding table has `rows` rows: its own rows unchanged (bit for bit),
+    the new ones its mean row, as the reference initialises a fine-tuned table
+    (docs/checkpoints.md#fine-tuning-on-new-puzzles), so adaptation to new tasks keeps what the old ones learnt."""
+    grown = dict(state_dict)
+    keys = [k for k in state_dict if k.endswith(PUZZLE_EMB_KEY_SUFFIX)]
+    if not keys:
+        raise UserError("the checkpoint has no puzzle-embedding table (arch.puzzle_emb_ndim=0): there are no rows to grow")
+    for key in keys:
+        table = state_dict[key]
+        if rows < table.shape[0]:
+            raise UserError(f"{key} has {table.shape[0]} rows, more than the {rows} asked for: a table only grows")
+        mean = table.mean(dim=0, keepdim=True)  # as load_reference_checkpoint computes it
+        grown[key] = torch.cat([table, mean.expand(rows - table.shape[0], -1)]).contiguous()
+    return grown
+
+
+def puzzle_table_rows(state_dict: Dict[str, torch.Tensor]) -> Optional[int]:
+    """Rows of the puzzle-embedding table (None: the model has none)."""
+    return next((v.shape[0] for k, v in state_dict.items() if k.endswith(PUZZLE_EMB_KEY_SUFFIX)), None)

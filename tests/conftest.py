@@ -31,6 +31,13 @@ def tiny(tmp_path_factory) -> dict:
     return tiny_checkpoint(tmp_path_factory.mktemp("tiny_run"))
 
 
+@pytest.fixture(scope="session")
+def tiny_arc(tmp_path_factory) -> dict:
+    """A tiny ARC checkpoint (tests.helpers.tiny_arc_checkpoint): the adaptation and ensemble tests."""
+    from tests.helpers import tiny_arc_checkpoint
+    return tiny_arc_checkpoint(tmp_path_factory.mktemp("tiny_arc"))
+
+
 @pytest.fixture
 def device() -> torch.device:
     from utils.device import pick_device

@@ -105,3 +105,37 @@ def invert_sudoku_augmentation(board, aug, index: int):
     restored = np.empty_like(board)
     restored[np.ix_(aug["rows"][index], aug["cols"][index])] = inverse_digits[board]
     return restored.T if aug["transpose"][index] else restored
+
+
+# ARC tasks of the real evaluation set with the smallest grids: three to train a tiny checkpoint on, and two it has
+# never seen to adapt it to (the second has two test outputs).
+ARC_SOURCE = Path("/work/shared/data/arc-agi/arc-agi_evaluation")
+ARC_BASE_TASKS = ("0692e18c", "15696249", "2072aba6")
+ARC_NEW_TASKS = ("00576224", "6ea4a07e")
+TINY_ARC_ARCH = tiny_arch(L_layers=1, halt_max_steps=2)
+
+
+def write_arc_tasks(prefix: Path, ids: Sequence[str], solutions: bool = True) -> Path:
+    """<prefix>_challenges.json (and _solutions.json) holding these tasks of the real ARC evaluation set."""
+    challenges = json.loads(Path(f"{ARC_SOURCE}_challenges.json").read_text())
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{prefix}_challenges.json").write_text(json.dumps({i: challenges[i] for i in ids}))
+    if solutions:
+        known = json.loads(Path(f"{ARC_SOURCE}_solutions.json").read_text())
+        Path(f"{prefix}_solutions.json").write_text(json.dumps({i: known[i] for i in ids}))
+    return Path(f"{prefix}_challenges.json")
+
+
+def tiny_arc_checkpoint(base: Path) -> dict:
+    """A tiny TRM trained for 4 steps on three small ARC tasks x 8 (weights kept at steps 2 and 4)."""
+    write_arc_tasks(base / "src" / "base_ev", ARC_BASE_TASKS)
+    data, run = base / "arc-data", base / "run"
+    subprocess.run([sys.executable, "-m", "dataset.build_arc_dataset", "--input-file-prefix", str(base / "src" / "base"),
+                    "--subsets", "ev", "--test-set-name", "ev", "--num-aug", "7", "--output-dir", str(data)],
+                   cwd=ROOT, check=True, capture_output=True, env=ENV)
+    result = subprocess.run(pretrain_command([f"data_paths=[{data}]", "evaluators=[{name: arc@ARC}]", "global_batch_size=8",
+                                              "epochs=4", "eval_interval=2", "lr=1e-3", "lr_warmup_steps=2", "device=cpu",
+                                              f"+checkpoint_path={run}", *TINY_ARC_ARCH]),
+                            cwd=base, env=QUIET_ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(data=data, run=run)

@@ -6,7 +6,7 @@ from tests.helpers import ROOT
 
 # Bottom to top; a module imports from its own layer or the ones below (README "Layout").
 LAYERS = [("utils",), ("dataset", "puzzle_dataset", "visualize"), ("models",), ("evaluators",), ("evaluation",),
-          ("training",), ("inference",), ("pretrain", "evaluate", "bench")]
+          ("training",), ("inference",), ("pretrain", "evaluate", "adapt", "bench")]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 
