@@ -1,5 +1,7 @@
 """Score a checkpoint on a test split: `python evaluate.py checkpoint=<file or dir> [data_paths=...] [evaluators=...]
 [halt=fixed|adaptive|both] [halt_threshold=0.5] [visualize=N]`; also under `torchrun --nproc-per-node N`.
+`checkpoint=[a,b,...]` is an explicit ensemble: each member is scored on its own, then the ARC votes of all members
+are pooled and scored (each member's score printed beside the ensemble's).
 
 Writes eval_results.json (per set and mode: accuracy, exact accuracy with its Wilson interval, mean steps, the
 evaluators' results such as pass@K) into output_dir, and with visualize=N the reasoning of N puzzles as PNG/GIF.
@@ -7,7 +9,7 @@ Language-model runs (arch=trm_lm) also get the held-out mean token loss and perp
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional, Union
 
 import hydra
 import pydantic
@@ -35,7 +37,7 @@ MODES = {"fixed": ["fixed"], "adaptive": ["adaptive"], "both": ["fixed", "adapti
 
 class EvaluateConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
-    checkpoint: str
+    checkpoint: Union[str, List[str]]   # a list: an explicit ensemble of these checkpoints
     arch: Optional[Dict[str, Any]] = None
     data_paths: Optional[List[str]] = None
     evaluators: Optional[List[EvaluatorConfig]] = None
@@ -80,14 +82,16 @@ def results_dir_name(options: EvaluateConfig, step: int) -> str:
 
 
 def with_intervals(results: Dict[str, Any], evaluators: List[Any]) -> Dict[str, Any]:
-    """Wilson 95% intervals beside exact accuracy (n = the set's rows) and ARC pass@K (n = test puzzles)."""
+    """Wilson 95% intervals beside exact accuracy (n = the set's rows), the ARC task means (n = tasks) and the ARC
+    per-test-output scores (n = test outputs)."""
     out = {}
     for key, value in results.items():
         out[key] = add_wilson_intervals(value, value["count"], keys=["exact_accuracy"]) if isinstance(value, dict) else value
-    arc_puzzles = sum(len(e.test_puzzles) for e in evaluators if hasattr(e, "test_puzzles"))
-    pass_keys = [k for k in out if k.startswith("ARC/pass@")]
-    if arc_puzzles and pass_keys:
-        out.update(add_wilson_intervals({k: out[k] for k in pass_keys}, arc_puzzles))
+    for prefixes, count_key in ((("ARC/pass@", "ARC/task_mean_pass@"), "ARC/task_count"),
+                                (("ARC/test_output_pass@",), "ARC/test_output_count")):
+        keys = [k for k in out if k.startswith(prefixes) and not k.endswith(("_ci_low", "_ci_high"))]
+        if keys and out.get(count_key):
+            out.update(add_wilson_intervals({k: out[k] for k in keys}, out[count_key]))
     return out
 
 
@@ -121,7 +125,13 @@ def format_results(results: Dict[str, Dict[str, Any]]) -> str:
 
 
 @compile_failures_stop_the_run()
-def run(options: EvaluateConfig, dist_info: DistInfo) -> Optional[Dict[str, Any]]:
+def run(options: EvaluateConfig, dist_info: DistInfo, pool: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
+    """Evaluate one checkpoint. `pool` (an ensemble member): receives, per halting mode, the evaluators after the
+    pass (this rank's votes), and under "context" what it takes to build the ensemble's own."""
+    if isinstance(options.checkpoint, list):
+        if len(options.checkpoint) != 1:
+            return run_ensemble(options, dist_info)
+        options = options.model_copy(update={"checkpoint": options.checkpoint[0]})
     device = setup_device(options.device)
     weights = find_weights(options.checkpoint)
     run_config = load_run_config(weights) or {}
@@ -149,7 +159,12 @@ def run(options: EvaluateConfig, dist_info: DistInfo) -> Optional[Dict[str, Any]
         [EvaluatorConfig.model_validate(e) for e in run_config.get("evaluators") or []], metadata, data_paths, chosen=False)
     loaded = load_checkpoint(weights, device, metadata=metadata, arch=arch, batch_size=global_batch_size // dist_info.world_size,
                              data_name=",".join(data_paths), forward_dtype=options.forward_dtype)
-    create_evaluators(evaluator_configs, metadata, data_paths)  # bad evaluator options fail before any model work
+    checked = create_evaluators(evaluator_configs, metadata, data_paths)  # bad evaluator options fail before any model work
+    if pool is not None:
+        if not any(hasattr(e, "absorb") for e in checked):
+            raise UserError("an ensemble (checkpoint=[a,b,...]) pools ARC votes: give evaluators=[{name: arc@ARC}] and "
+                            "an ARC dataset, or evaluate the checkpoints one by one")
+        pool["context"] = (evaluator_configs, metadata, data_paths)
     model = maybe_compile(loaded.head, options.compile, device)  # by default on CUDA, as training
     step = step_of(weights) or 0
     output_dir = Path(options.output_dir or weights.parent / results_dir_name(options, step))
@@ -167,6 +182,8 @@ def run(options: EvaluateConfig, dist_info: DistInfo) -> Optional[Dict[str, Any]
         runner = AdaptiveHalting(options.halt_threshold) if mode == "adaptive" else None
         metrics = evaluate(model, loader, metadata.sets, evaluators, dist_info, device, save_dir=str(output_dir / mode),
                            step=step, max_batches=options.max_batches, progress=True, batch_runner=runner)
+        if pool is not None:
+            pool[mode] = evaluators
         if dist_info.is_main:
             results[mode] = with_intervals(metrics, evaluators)
             if runner is not None:
@@ -193,6 +210,62 @@ def run(options: EvaluateConfig, dist_info: DistInfo) -> Optional[Dict[str, Any]
         if written:
             print(f"Reasoning pictures: {len(written)} files in {output_dir / 'reasoning'}")
     return report
+
+
+ENSEMBLE_COLUMNS = ("ARC/test_output_pass@1", "ARC/test_output_pass@2", "ARC/task_mean_pass@1", "ARC/task_mean_pass@2")
+
+
+def run_ensemble(options: EvaluateConfig, dist_info: DistInfo) -> Optional[Dict[str, Any]]:
+    """Each member evaluated as on its own (its votes only), then the members' ARC votes pooled and scored.
+    All members are scored on the first member's test data unless data_paths= is given."""
+    members = list(options.checkpoint)
+    first = find_weights(members[0])
+    data_paths = options.data_paths or test_split_paths(load_run_config(first) or {}) or None
+    output_dir = Path(options.output_dir or first.parent / f"ensemble_of_{len(members)}_step_{step_of(first) or 0}")
+    pools, reports = [], []
+    for i, member in enumerate(members):
+        pool: Dict[str, Any] = {}
+        member_options = options.model_copy(update={"checkpoint": member, "data_paths": data_paths, "visualize": 0,
+                                                    "output_dir": str(output_dir / f"member_{i}")})
+        reports.append(run(member_options, dist_info, pool=pool))
+        pools.append(pool)
+    configs, metadata, paths = pools[0]["context"]
+    results: Dict[str, Dict[str, Any]] = {}
+    for mode in MODES[options.halt]:
+        ensemble = [e for e in create_evaluators(configs, metadata, paths) if hasattr(e, "absorb")]
+        metrics: Dict[str, Any] = {}
+        for j, evaluator in enumerate(ensemble):
+            for pool in pools:
+                evaluator.absorb([e for e in pool[mode] if hasattr(e, "absorb")][j])
+            result = evaluator.result(str(output_dir / mode / f"evaluator_{type(evaluator).__name__}_ensemble"),
+                                      rank=dist_info.rank, world_size=dist_info.world_size, group=dist_info.cpu_group)
+            if dist_info.is_main and result is not None:
+                metrics.update(result)
+        if dist_info.is_main:
+            results[mode] = with_intervals(metrics, ensemble)
+    if not dist_info.is_main:
+        return None
+    report = {"ensemble": [r["checkpoint"] for r in reports], "data_paths": paths,
+              "members": [{"checkpoint": r["checkpoint"], "step": r["step"], "results": r["results"]} for r in reports],
+              "results": results}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / "eval_results.json", "w") as f:
+        json.dump(report, f, indent=2)
+    print(format_ensemble(report))
+    print(f"Ensemble results written to {output_dir / 'eval_results.json'}")
+    return report
+
+
+def format_ensemble(report: Dict[str, Any]) -> str:
+    """Each member's ARC scores beside the ensemble's."""
+    lines = [f"{'':<10} {'halt':<9} " + " ".join(f"{c.removeprefix('ARC/'):>20}" for c in ENSEMBLE_COLUMNS) + "  checkpoint"]
+    rows = [(f"member {i}", m["results"], m["checkpoint"]) for i, m in enumerate(report["members"])]
+    rows.append(("ensemble", report["results"], f"{len(report['members'])} members pooled"))
+    for title, results, name in rows:
+        for mode, metrics in results.items():
+            cells = " ".join(f"{metrics[c]:>20.4f}" if c in metrics else f"{'-':>20}" for c in ENSEMBLE_COLUMNS)
+            lines.append(f"{title:<10} {mode:<9} {cells}  {name}")
+    return "\n".join(lines)
 
 
 def launch(cfg: DictConfig) -> Optional[Dict[str, Any]]:

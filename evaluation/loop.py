@@ -124,6 +124,10 @@ def eval_summary_line(step: int, metrics: Dict[str, Any]) -> str:
         elif isinstance(values, dict):
             parts.append(f"{set_name}: exact {values.get('exact_accuracy', float('nan')):.4f} "
                          f"acc {values.get('accuracy', float('nan')):.4f} steps {values.get('steps', float('nan')):.2f}")
+        elif set_name.startswith("ARC/pass@"):
+            continue  # the reference's name for ARC/task_mean_pass@K, which the line shows
+        elif set_name.endswith("_count"):  # e.g. ARC/task_count, ARC/test_output_count
+            parts.append(f"{set_name} {int(values)}")
         elif "_ci_" not in set_name and not set_name.endswith("/count"):
             parts.append(f"{set_name} {float(values):.4f}")
     return f"[eval @ step {step}] " + " | ".join(parts)

@@ -123,7 +123,7 @@ class ARC:
     def gathered_votes(self, keys, rank: int, world_size: int, group) -> Optional[List[dict]]:
         """Per test output (rank 0): the label's place in the ranking (None: not among the candidates), the number
         of votes and candidates, and the best candidates with their grids; None on the other ranks."""
-        top = max(self.submission_K, REPORT_CANDIDATES)
+        top = max(self.submission_K, REPORT_CANDIDATES) + 1  # + 1: an empty prediction is never an attempt
         outcomes: List[dict] = []
         for start in range(0, len(keys), self.gather_chunk):
             chunk = keys[start:start + self.gather_chunk]
@@ -165,7 +165,7 @@ class ARC:
         report: Dict[str, dict] = {}
         for (name, index, _, label_hash), outcome in zip(keys, outcomes):
             # One entry per test input (the format is positional); repeat the best guess to fill K attempts.
-            attempts = [grid.tolist() for _, _, _, grid in outcome["best"][:self.submission_K]] or [[[0]]]
+            attempts = [grid.tolist() for _, _, _, grid in outcome["best"] if grid.size][:self.submission_K] or [[[0]]]
             attempts += [attempts[0]] * (self.submission_K - len(attempts))
             submission[name].append({f"attempt_{i + 1}": grid for i, grid in enumerate(attempts)})
             place = outcome["place"]
@@ -177,7 +177,7 @@ class ARC:
                 "votes": outcome["votes"], "distinct_candidates": outcome["candidates"],
                 "candidates": [{"votes": n, "mean_confidence": q, "correct": (p == place) if self.labelled else None,
                                 "grid": grid.tolist()}
-                               for p, (_, n, q, grid) in enumerate(outcome["best"][:REPORT_CANDIDATES])]})
+                               for p, (_, n, q, grid) in enumerate(outcome["best"]) if p < REPORT_CANDIDATES]})
 
         metrics = self.scores(keys, outcomes)
         for name, task in report.items():
