@@ -118,6 +118,8 @@ def format_results(results: Dict[str, Dict[str, Any]]) -> str:
                 lines.append(f"{name:<12} {mode:<9} {exact:<27} {value['accuracy']:>9.4f} {value['steps']:>10.2f} {int(value['count']):>8}")
     for mode, per_mode in results.items():
         for name, value in per_mode.items():
+            if name.startswith("ARC/pass@"):
+                continue  # the reference's name for ARC/task_mean_pass@K (both in eval_results.json)
             if not isinstance(value, dict) and not name.endswith(("_ci_low", "_ci_high")) and not name.startswith("_"):
                 ci = f" [{per_mode[name + '_ci_low']:.4f}, {per_mode[name + '_ci_high']:.4f}]" if name + "_ci_low" in per_mode else ""
                 lines.append(f"{name} ({mode}): {int(value) if name.endswith('count') else f'{value:.4f}'}{ci}")

@@ -152,3 +152,18 @@ def test_growing_the_table_keeps_old_rows_and_starts_new_ones_at_the_mean():
         grow_puzzle_embedding(state, 2)
     with pytest.raises(UserError, match="no puzzle-embedding table"):
         grow_puzzle_embedding({"w": torch.ones(1)}, 4)
+
+
+@pytest.mark.slow
+def test_adapt_under_torchrun_with_two_processes(tiny_arc, tmp_path):
+    challenges = write_arc_tasks(tmp_path / "kaggle" / "arc_test", ARC_NEW_TASKS, solutions=False)
+    out = tmp_path / "adapted"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--rdzv_backend=c10d",
+               "--rdzv_endpoint=localhost:0", "--nnodes=1", str(ROOT / "adapt.py"), *adapt_args(tiny_arc, challenges, out)]
+    result = subprocess.run(command, cwd=tmp_path, env=QUIET_ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("Submission written to") == 1  # rank 0 only
+    before = weights(tiny_arc["run"] / "step_4")
+    after = weights(max((out / "train").glob("step_*"), key=lambda p: int(p.name.split("_")[1])))
+    assert torch.equal(after[TABLE][:before[TABLE].shape[0]], before[TABLE])
+    assert submission_problems(json.loads((out / "submission.json").read_text()), json.loads(challenges.read_text())) == []
