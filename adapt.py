@@ -173,6 +173,8 @@ def predict(options: AdaptConfig, out: Path, global_batch_size: int, dist_info: 
     if problems:
         raise UserError(f"{out / 'submission.json'} does not follow the ARC Prize format: {problems[0]}")
     outputs = sum(len(v) for v in submission.values())
+    if not options.solutions:
+        print("(no solutions given: the accuracy columns above compare with placeholder outputs and mean nothing)")
     print(f"Submission written to {out / 'submission.json'}: {len(submission)} tasks, {outputs} test outputs, "
           f"2 attempts each; per-task report {out / 'arc_report.json'}")
     return report

@@ -266,3 +266,22 @@ def test_two_ranks_give_the_single_rank_results(arc_dir, tmp_path):
     for two, one in (("two/a", "one_a"), ("two/ens", "one_ens")):
         for name in ("submission.json", "arc_report.json"):
             assert json.loads((tmp_path / two / name).read_text()) == json.loads((tmp_path / one / name).read_text())
+
+
+def test_the_gather_sends_small_tables_a_chunk_at_a_time(arc_dir, monkeypatch):
+    import evaluators.arc as arc_module
+    sent = []
+    real = arc_module.gather_to_rank0
+
+    def recording(obj, rank, world_size, group=None):
+        sent.append(obj)
+        return real(obj, rank, world_size, group)
+    monkeypatch.setattr(arc_module, "gather_to_rank0", recording)
+    evaluator, metrics = run_eval(arc_dir, gather_chunk=2)
+    assert metrics == pytest.approx(EXPECTED)
+    tables, grids = sent[:-1], sent[-1]
+    assert [len(chunk) for chunk in tables] == [2, 1]  # 3 test outputs, 2 per gather
+    for chunk in tables:  # per test output: prediction hash -> [votes, summed confidence], no grids
+        assert all(isinstance(h, str) and len(entry) == 2 for table in chunk for h, entry in table.items())
+    assert sum(entry[0] for chunk in tables for table in chunk for entry in table.values()) == 3 * 4
+    assert grids == {}  # rank 0 has every winner's grid itself: nothing more travels
