@@ -167,3 +167,23 @@ def test_adapt_under_torchrun_with_two_processes(tiny_arc, tmp_path):
     after = weights(max((out / "train").glob("step_*"), key=lambda p: int(p.name.split("_")[1])))
     assert torch.equal(after[TABLE][:before[TABLE].shape[0]], before[TABLE])
     assert submission_problems(json.loads((out / "submission.json").read_text()), json.loads(challenges.read_text())) == []
+
+
+@pytest.mark.slow
+def test_an_interrupted_adaptation_resumes_to_the_same_weights(tiny_arc, tmp_path):
+    challenges = write_arc_tasks(tmp_path / "kaggle" / "arc_test", ARC_NEW_TASKS, solutions=False)
+    out = tmp_path / "adapted"
+    args = adapt_args(tiny_arc, challenges, out, "train=all", "checkpoint_interval=2")
+    assert adapt(args, tmp_path).returncode == 0
+    steps = sorted(int(p.name.split("_")[1]) for p in (out / "train").glob("step_*"))
+    final, earlier = steps[-1], steps[-2]
+    assert final > earlier >= 2 and (out / "train" / f"state_{earlier}.pt").is_file()
+    finished = weights(out / "train" / f"step_{final}")
+    # a crash after the checkpoint at `earlier`: the last checkpoint never reached the disk
+    (out / "train" / f"step_{final}").unlink()
+    (out / "train" / f"state_{final}.pt").unlink()
+    again = adapt(args, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"Resumed {out / 'train'} at step {earlier}" in again.stdout
+    resumed = weights(out / "train" / f"step_{final}")
+    assert all(torch.equal(resumed[k], finished[k]) for k in finished)
