@@ -269,9 +269,9 @@ def build(input_file_prefix: str, output_dir: str, subsets: List[str], test_set_
     if not test_sets & set(subsets):
         raise UserError(f"--test-set-name {test_set_name} is not among --subsets {' '.join(subsets)}; the test split would be empty")
 
-    # Check the output directory, then read and validate every input, before any heavy work or any write.
-    check_output_dir(output_dir, force)
+    # Read and validate everything before any heavy work or any write.
     loaded = [(subset, *load_subset(input_file_prefix, subset)) for subset in subsets]
+    check_output_dir(output_dir, force)
 
     rng = np.random.default_rng(seed)
     identifiers: Dict[str, int] = {}
