@@ -243,3 +243,24 @@ def fold_sequence_products(x: torch.Tensor) -> bool:
     the layer): eager float32 at widths up to 128 gains 1.2-1.4x; bfloat16, wider layers and Inductor's compiled
     batched products (up to 1.3x faster than folded ones) do not."""
     return x.dtype == torch.float32 and x.shape[-1] <= 128 and not torch.compiler.is_compiling()
+
+
+class ConvSwiGLU(nn.Module):
+    """The URM's MLP (docs/network.md#urm): act = silu(gate) * up, then a depthwise convolution over the sequence
+    (kernel 2, bias, padding 1; the first S outputs kept, so position t mixes act[t - 1] and act[t]), a SiLU and
+    the down projection. The convolution's weights are kept in float32 like every other weight and cast on use."""
+
+    def __init__(self, width: int, expansion: float, conv_kernel: int = 2):
+        super().__init__()
+        hidden = swiglu_hidden_width(width, expansion)
+        self.gate_up_proj = CastedLinear(width, 2 * hidden, bias=False)
+        self.dwconv = nn.Conv1d(hidden, hidden, kernel_size=conv_kernel, padding=conv_kernel // 2, groups=hidden, bias=True)
+        self.down_proj = CastedLinear(hidden, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        act = (F.silu(gate) * up).transpose(1, 2)                    # [B, H, S]
+        conv = self.dwconv
+        mixed = F.conv1d(act, conv.weight.to(act.dtype), conv.bias.to(act.dtype), padding=conv.padding,
+                         groups=conv.groups)[..., :x.shape[1]]
+        return self.down_proj(F.silu(mixed).transpose(1, 2))

@@ -7,6 +7,7 @@ import sys
 from typing import Any, List
 
 from omegaconf import OmegaConf
+import torch
 from torch import nn
 
 from dataset.format import PuzzleDatasetMetadata
@@ -50,7 +51,8 @@ def create_dataloader(data_paths: List[str], split: str, global_batch_size: int,
 
 
 def create_optimizers(config: PretrainConfig, head: nn.Module, world_size: int):
-    """AdamATan2 for the weights, sign-SGD for the sparse puzzle embedding; lrs are set per step by the schedule."""
+    """AdamATan2 for the weights (optimizer=muon: Muon for the hidden matrices, AdamATan2 for the rest), sign-SGD
+    for the sparse puzzle embedding; lrs are set per step by the schedule."""
     from models.adam_atan2 import AdamATan2
     from models.sparse_embedding import CastedSparseEmbeddingSignSGD_Distributed
 
@@ -67,10 +69,31 @@ def create_optimizers(config: PretrainConfig, head: nn.Module, world_size: int):
         for p in head.parameters():
             p.requires_grad_(False)
     else:
-        optimizers.append(AdamATan2(head.parameters(), lr=0, weight_decay=config.weight_decay,
+        adam_params = list(head.parameters())
+        if config.optimizer == "muon":
+            muon_params = muon_parameters(head)
+            chosen = {id(p) for p in muon_params}
+            adam_params = [p for p in adam_params if id(p) not in chosen]
+            # match_rms_adamw scales each matrix's update to AdamW's RMS, so the one `lr` serves both optimizers
+            optimizers.append(torch.optim.Muon(muon_params, lr=0, weight_decay=config.weight_decay,
+                                               adjust_lr_fn="match_rms_adamw"))
+            base_lrs.append(config.lr)
+        optimizers.append(AdamATan2(adam_params, lr=0, weight_decay=config.weight_decay,
                                     betas=(config.beta1, config.beta2)))
         base_lrs.append(config.lr)
     return optimizers, base_lrs
+
+
+def muon_parameters(head: nn.Module) -> List[nn.Parameter]:
+    """The weights Muon takes: the 2-D matrices of hidden layers. Embeddings and the output heads (lm_head,
+    q_head) stay with AdamATan2, as Muon's authors advise, and so do biases, convolutions and other shapes
+    (torch.optim.Muon accepts only 2-D parameters)."""
+    chosen = [p for name, p in head.named_parameters()
+              if p.ndim == 2 and not name.endswith("embedding_weight")
+              and not {"lm_head", "q_head"} & set(name.split("."))]
+    if not chosen:
+        raise UserError("optimizer=muon: this model has no hidden 2-D weight matrices for Muon; use optimizer=adam_atan2")
+    return chosen
 
 
 ARC_EVALUATOR = "arc@ARC"  # cfg_pretrain.yaml's default (docs/configuration.md#training-keys), for the default ARC data

@@ -65,6 +65,9 @@ class PretrainConfig(_Strict):
     weight_decay: FiniteNonNegative
     puzzle_emb_weight_decay: FiniteNonNegative
     puzzle_emb_lr: FinitePositive
+    # adam_atan2: AdamATan2 for every weight; muon: torch.optim.Muon for the hidden 2-D weight matrices, AdamATan2
+    # for the rest (docs/configuration.md#keys-beyond-the-reference)
+    optimizer: Literal["adam_atan2", "muon"] = "adam_atan2"
 
     seed: int = 0
     ema: bool = False
@@ -152,7 +155,8 @@ def validate_config(raw: Dict[str, Any]) -> PretrainConfig:
 
 # ------------------------------------------------------------------ resuming a run
 # Keys a resumed run may not change: the saved weights, optimizer and sampler position would no longer fit.
-FIXED_ON_RESUME = ("arch", "data_paths", "global_batch_size", "epochs", "eval_interval", "seed", "ema", "freeze_weights")
+FIXED_ON_RESUME = ("arch", "data_paths", "global_batch_size", "epochs", "eval_interval", "seed", "ema", "freeze_weights",
+                   "optimizer")
 # What a file of config/data/ sets (at the top level, so `data=<name>` on a resumed run stands for these keys).
 DATA_GROUP_KEYS = ("data_paths", "data_build", "evaluators")
 
