@@ -1,5 +1,5 @@
 """Score a checkpoint on a test split: `python evaluate.py checkpoint=<file or dir> [data_paths=...] [evaluators=...]
-[halt=fixed|adaptive|both] [halt_threshold=0.5] [visualize=N]`; also under `torchrun --nproc-per-node N`.
+[halt=fixed|adaptive|both] [halt_threshold=0.5] [halt_max_steps=N | depths=[8,16,...]] [visualize=N]`; also under `torchrun --nproc-per-node N`.
 `checkpoint=[a,b,...]` is an explicit ensemble: each member is scored on its own, then the ARC votes of all members
 are pooled and scored (each member's score printed beside the ensemble's).
 
@@ -15,6 +15,7 @@ import hydra
 import pydantic
 from omegaconf import DictConfig, OmegaConf
 
+from evaluation.depth import depth_rows, format_depth_table, plot_depths, set_halt_max_steps
 from evaluation.halting import AdaptiveHalting
 from evaluation.loop import SizedLoader, count_test_batches, evaluate
 from evaluation.pictures import first_test_rows, save_reasoning
@@ -50,6 +51,8 @@ class EvaluateConfig(pydantic.BaseModel):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     compile: Optional[bool] = None
     forward_dtype: Optional[Literal["bfloat16", "float32", "float16"]] = None
+    halt_max_steps: Optional[pydantic.PositiveInt] = None   # test-time depth: this step limit instead of the run's
+    depths: Optional[List[pydantic.PositiveInt]] = None     # one evaluation per step limit: a table and depths.png
 
 
 def parse_config(cfg: DictConfig) -> EvaluateConfig:
@@ -62,7 +65,8 @@ def parse_config(cfg: DictConfig) -> EvaluateConfig:
 
 
 # Options that change the results: a run with other values writes beside the default one, not over it.
-RESULT_OPTIONS = ("data_paths", "evaluators", "global_batch_size", "halt", "halt_threshold", "max_batches", "forward_dtype")
+RESULT_OPTIONS = ("data_paths", "evaluators", "global_batch_size", "halt", "halt_threshold", "max_batches", "forward_dtype",
+                  "halt_max_steps", "depths")
 
 
 def option_text(value: Any) -> str:
@@ -145,8 +149,11 @@ def run(options: EvaluateConfig, dist_info: DistInfo, pool: Optional[Dict[str, A
         arch = options.arch
     elif options.arch is not None and dist_info.is_main:
         print(f"note: using the arch saved in {weights.parent / 'all_config.yaml'}; arch=... is for bare weights files")
-    if (arch or run_config.get("arch") or {}).get("name") == LM_ARCH_NAME and (options.halt != "fixed" or options.visualize):
-        raise UserError("halt=adaptive/both and visualize are for puzzle models with a Q-head: evaluate a trm_lm run "
+    if options.depths and pool is not None:
+        raise UserError("depths=[...] evaluates one checkpoint: give checkpoint=<one run> (not an ensemble)")
+    if (arch or run_config.get("arch") or {}).get("name") == LM_ARCH_NAME and (
+            options.halt != "fixed" or options.visualize or options.halt_max_steps or options.depths):
+        raise UserError("halt=adaptive/both, halt_max_steps, depths and visualize are for puzzle models with a Q-head: evaluate a trm_lm run "
                         "with the defaults (it reports held-out perplexity)")
     data_paths = options.data_paths or test_split_paths(run_config)
     if not data_paths:
@@ -162,6 +169,8 @@ def run(options: EvaluateConfig, dist_info: DistInfo, pool: Optional[Dict[str, A
     loaded = load_checkpoint(weights, device, metadata=metadata, arch=arch, batch_size=global_batch_size // dist_info.world_size,
                              data_name=",".join(data_paths), forward_dtype=options.forward_dtype)
     checked = create_evaluators(evaluator_configs, metadata, data_paths)  # bad evaluator options fail before any model work
+    if options.halt_max_steps:
+        set_halt_max_steps(loaded.head, options.halt_max_steps)
     if pool is not None:
         if not any(hasattr(e, "absorb") for e in checked):
             raise UserError("an ensemble (checkpoint=[a,b,...]) pools ARC votes: give evaluators=[{name: arc@ARC}] and "
@@ -179,29 +188,41 @@ def run(options: EvaluateConfig, dist_info: DistInfo, pool: Optional[Dict[str, A
 
     results: Dict[str, Dict[str, Any]] = {}
     calls: Dict[str, int] = {}
-    for mode in MODES[options.halt]:
-        evaluators = create_evaluators(evaluator_configs, metadata, data_paths)  # fresh: ARC votes must not carry over
-        runner = AdaptiveHalting(options.halt_threshold) if mode == "adaptive" else None
-        metrics = evaluate(model, loader, metadata.sets, evaluators, dist_info, device, save_dir=str(output_dir / mode),
-                           step=step, max_batches=options.max_batches, progress=True, batch_runner=runner)
-        if pool is not None:
-            pool[mode] = evaluators
-        if dist_info.is_main:
-            results[mode] = with_intervals(metrics, evaluators)
-            if runner is not None:
-                calls[mode] = runner.model_calls
+    for depth in options.depths or [None]:
+        if depth is not None:  # test-time depth: results keyed <mode>@<depth>
+            set_halt_max_steps(loaded.head, depth)
+        for mode in MODES[options.halt]:
+            key = mode if depth is None else f"{mode}@{depth}"
+            evaluators = create_evaluators(evaluator_configs, metadata, data_paths)  # fresh: ARC votes must not carry over
+            runner = AdaptiveHalting(options.halt_threshold) if mode == "adaptive" else None
+            metrics = evaluate(model, loader, metadata.sets, evaluators, dist_info, device, save_dir=str(output_dir / key),
+                               step=step, max_batches=options.max_batches, progress=True, batch_runner=runner)
+            if pool is not None:
+                pool[mode] = evaluators
+            if dist_info.is_main:
+                results[key] = with_intervals(metrics, evaluators)
+                if runner is not None:
+                    calls[key] = runner.model_calls
 
     if not dist_info.is_main:
         return None
     report = {"checkpoint": str(weights), "step": step, "data_paths": data_paths, "global_batch_size": global_batch_size,
-              "halt_threshold": options.halt_threshold, "halt_max_steps": loaded.arch.get("halt_max_steps"),
-              "results": results}
+              "halt_threshold": options.halt_threshold,
+              "halt_max_steps": options.halt_max_steps or loaded.arch.get("halt_max_steps"),
+              "trained_halt_max_steps": loaded.arch.get("halt_max_steps"), "results": results}
     if calls:
-        report["adaptive_model_calls_rank0"] = calls["adaptive"]
+        report["adaptive_model_calls_rank0"] = calls["adaptive"] if "adaptive" in calls else calls
+    if options.depths:
+        report["halt_max_steps"] = options.depths
+        report["depths"] = depth_rows(results, options.depths, MODES[options.halt])
     output_dir.mkdir(parents=True, exist_ok=True)
     with open(output_dir / "eval_results.json", "w") as f:
         json.dump(report, f, indent=2)
     print(format_results(results))
+    if options.depths:
+        print(format_depth_table(report["depths"]))
+        plot = plot_depths(report["depths"], output_dir / "depths.png", title=f"{weights.parent.name} step {step}")
+        print(f"Accuracy against depth: {plot}")
     print(f"Results written to {output_dir / 'eval_results.json'}")
 
     if options.visualize:
