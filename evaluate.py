@@ -1,5 +1,5 @@
 """Score a checkpoint on a test split: `python evaluate.py checkpoint=<file or dir> [data_paths=...] [evaluators=...]
-[halt=fixed|adaptive|both] [halt_threshold=0.5] [halt_max_steps=N | depths=[8,16,...]] [visualize=N]`; also under `torchrun --nproc-per-node N`.
+[halt=fixed|adaptive|both] [halt_threshold=0.5] [halt_max_steps=N | depths=[8,16,...]] [votes=N vote=majority|confidence|verifier] [visualize=N]`; also under `torchrun --nproc-per-node N`.
 `checkpoint=[a,b,...]` is an explicit ensemble: each member is scored on its own, then the ARC votes of all members
 are pooled and scored (each member's score printed beside the ensemble's).
 
@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from evaluation.depth import depth_rows, format_depth_table, plot_depths, set_halt_max_steps
 from evaluation.halting import AdaptiveHalting
+from evaluation.width import format_width_table, width_report
 from evaluation.loop import SizedLoader, count_test_batches, evaluate
 from evaluation.pictures import first_test_rows, save_reasoning
 from evaluators.stats import add_wilson_intervals
@@ -53,6 +54,8 @@ class EvaluateConfig(pydantic.BaseModel):
     forward_dtype: Optional[Literal["bfloat16", "float32", "float16"]] = None
     halt_max_steps: Optional[pydantic.PositiveInt] = None   # test-time depth: this step limit instead of the run's
     depths: Optional[List[pydantic.PositiveInt]] = None     # one evaluation per step limit: a table and depths.png
+    votes: pydantic.PositiveInt = 1                          # test-time width: symmetric variants per puzzle, voted
+    vote: Literal["majority", "confidence", "verifier"] = "majority"
 
 
 def parse_config(cfg: DictConfig) -> EvaluateConfig:
@@ -66,7 +69,7 @@ def parse_config(cfg: DictConfig) -> EvaluateConfig:
 
 # Options that change the results: a run with other values writes beside the default one, not over it.
 RESULT_OPTIONS = ("data_paths", "evaluators", "global_batch_size", "halt", "halt_threshold", "max_batches", "forward_dtype",
-                  "halt_max_steps", "depths")
+                  "halt_max_steps", "depths", "votes", "vote")
 
 
 def option_text(value: Any) -> str:
@@ -149,11 +152,13 @@ def run(options: EvaluateConfig, dist_info: DistInfo, pool: Optional[Dict[str, A
         arch = options.arch
     elif options.arch is not None and dist_info.is_main:
         print(f"note: using the arch saved in {weights.parent / 'all_config.yaml'}; arch=... is for bare weights files")
-    if options.depths and pool is not None:
-        raise UserError("depths=[...] evaluates one checkpoint: give checkpoint=<one run> (not an ensemble)")
+    if (options.depths or options.votes > 1) and pool is not None:
+        raise UserError("depths=[...] and votes=N evaluate one checkpoint: give checkpoint=<one run> (not an ensemble)")
+    if options.votes > 1 and dist_info.world_size > 1:
+        raise UserError("votes=N runs in one process: evaluate without torchrun")
     if (arch or run_config.get("arch") or {}).get("name") == LM_ARCH_NAME and (
-            options.halt != "fixed" or options.visualize or options.halt_max_steps or options.depths):
-        raise UserError("halt=adaptive/both, halt_max_steps, depths and visualize are for puzzle models with a Q-head: evaluate a trm_lm run "
+            options.halt != "fixed" or options.visualize or options.halt_max_steps or options.depths or options.votes > 1):
+        raise UserError("halt=adaptive/both, halt_max_steps, depths, votes and visualize are for puzzle models with a Q-head: evaluate a trm_lm run "
                         "with the defaults (it reports held-out perplexity)")
     data_paths = options.data_paths or test_split_paths(run_config)
     if not data_paths:
@@ -204,6 +209,11 @@ def run(options: EvaluateConfig, dist_info: DistInfo, pool: Optional[Dict[str, A
                 if runner is not None:
                     calls[key] = runner.model_calls
 
+    width = None
+    if options.votes > 1:  # test-time width (evaluation/width.py): fixed halting unless halt=adaptive
+        width = width_report(loaded.head, loader, metadata, guess_kind(metadata, run_hints(run_config, data_paths)),
+                             options.votes, options.vote, device,
+                             options.halt_threshold if options.halt == "adaptive" else None, options.max_batches)
     if not dist_info.is_main:
         return None
     report = {"checkpoint": str(weights), "step": step, "data_paths": data_paths, "global_batch_size": global_batch_size,
@@ -212,6 +222,8 @@ def run(options: EvaluateConfig, dist_info: DistInfo, pool: Optional[Dict[str, A
               "trained_halt_max_steps": loaded.arch.get("halt_max_steps"), "results": results}
     if calls:
         report["adaptive_model_calls_rank0"] = calls["adaptive"] if "adaptive" in calls else calls
+    if width is not None:
+        report["width"] = width
     if options.depths:
         report["halt_max_steps"] = options.depths
         report["depths"] = depth_rows(results, options.depths, MODES[options.halt])
@@ -219,6 +231,8 @@ def run(options: EvaluateConfig, dist_info: DistInfo, pool: Optional[Dict[str, A
     with open(output_dir / "eval_results.json", "w") as f:
         json.dump(report, f, indent=2)
     print(format_results(results))
+    if width is not None:
+        print(f"Test-time width ({width['halt']} halting), exact accuracy against votes:\n" + format_width_table(width["results"]))
     if options.depths:
         print(format_depth_table(report["depths"]))
         plot = plot_depths(report["depths"], output_dir / "depths.png", title=f"{weights.parent.name} step {step}")
