@@ -26,6 +26,7 @@ from training.builders import (copy_run_files, create_dataloader, create_evaluat
                                fit_evaluators)
 from training.checkpoint import Checkpointer, load_weights_file, read_training_state
 from training.config import PretrainConfig, override_keys, prepare_resume, sweep_run_name, validate_config
+from training.curriculum import model_cycles, scheduled_cycles, set_cycles
 from training.data_checks import check_run_data, planned_steps, test_paths_of
 from training.loop import TrainState, final_summary_line, progress_postfix, train_batch
 from training.preemption import GracefulStop
@@ -110,6 +111,7 @@ class Run:
     progress: Any = None
     start_iter: int = 0                 # the pass and step training (re)starts at
     start_step: int = 0
+    depth_target: Optional[Tuple[int, int]] = None  # with depth_curriculum: the arch's (H_cycles, L_cycles)
     last_eval: Dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
 
@@ -192,6 +194,11 @@ def build_run(config: PretrainConfig, dist_info: DistInfo, resume_state: Optiona
               clock=TrainingClock(config.max_train_seconds, config.eval_every_seconds, dist_info,
                                   now=CLOCKS[config.budget_clock]),
               stop=GracefulStop(dist_info))
+    if config.depth_curriculum.enabled:
+        run.depth_target = model_cycles(head)
+        curriculum = config.depth_curriculum
+        scheduled_cycles(1, schedule.total_steps, (curriculum.start_H_cycles, curriculum.start_L_cycles),
+                         run.depth_target, curriculum.until)  # a start deeper than the arch fails here, in one line
     if resume_state is not None:  # last before training: it also restores the RNGs
         run.start_iter = run.checkpointer.restore(resume_state, state, ema, train_batches, device)
         if dist_info.is_main:
@@ -218,8 +225,23 @@ def save_checkpoint(run: Run, next_iter: int, keep_weights: bool = False) -> Non
                               next_iter, run.device, keep_weights)
 
 
+def apply_depth_curriculum(run: Run) -> Dict[str, float]:
+    """Set the training model's cycles for the step about to run; say so when they change."""
+    curriculum = run.config.depth_curriculum
+    step = run.state.step + 1
+    cycles = scheduled_cycles(step, run.state.total_steps, (curriculum.start_H_cycles, curriculum.start_L_cycles),
+                              run.depth_target, curriculum.until)
+    changed = set_cycles(run.head, *cycles)
+    if (changed or step == run.start_step + 1) and run.tracker is not None:
+        run.progress.write(f"depth curriculum: from step {step} H_cycles={cycles[0]} L_cycles={cycles[1]} "
+                           f"(the arch's: {run.depth_target[0]}x{run.depth_target[1]})")
+    return {"train/H_cycles": float(cycles[0]), "train/L_cycles": float(cycles[1])}
+
+
 def evaluate_and_log(run: Run) -> None:
     with run.clock.paused():
+        if run.depth_target is not None:  # evaluations run at the arch's depth (the EMA copy always does)
+            set_cycles(run.head, *run.depth_target)
         if run.ema is not None:
             run.ema.ema(run.eval_head)
         run.eval_model.eval()
@@ -241,7 +263,9 @@ def evaluate_and_log(run: Run) -> None:
 def train_step(run: Run, batch: Dict[str, torch.Tensor], global_batch_size: int, iter_id: int) -> None:
     """One step, then what is due after it: the EMA, logging, a checkpoint (interval or signal), a timed evaluation."""
     started = time.perf_counter()
-    metrics = train_batch(run.state, batch, global_batch_size, run.dist_info, run.device, run.config.grad_clip)
+    depth = apply_depth_curriculum(run) if run.depth_target is not None else {}
+    metrics = {**train_batch(run.state, batch, global_batch_size, run.dist_info, run.device, run.config.grad_clip),
+               **depth}
     if run.tracker is not None and run.state.step == run.start_step + 1 and run.state.model is not run.head:
         run.progress.write(f"torch.compile: the training step compiled and ran in {time.perf_counter() - started:.0f} s")
     if run.ema is not None:

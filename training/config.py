@@ -41,6 +41,15 @@ class WandbConfig(_Strict):
     tags: List[str] = []
 
 
+class DepthCurriculum(_Strict):
+    """docs/configuration.md#depth-curriculum: H_cycles/L_cycles grow from start_* to the arch's over the first
+    `until` of the training steps."""
+    enabled: bool = False
+    start_H_cycles: pydantic.PositiveInt = 1
+    start_L_cycles: pydantic.PositiveInt = 2
+    until: Ratio = 0.5
+
+
 class PretrainConfig(_Strict):
     arch: ArchConfig
     data_paths: List[str]
@@ -68,6 +77,7 @@ class PretrainConfig(_Strict):
     # adam_atan2: AdamATan2 for every weight; muon: torch.optim.Muon for the hidden 2-D weight matrices, AdamATan2
     # for the rest (docs/configuration.md#keys-beyond-the-reference)
     optimizer: Literal["adam_atan2", "muon"] = "adam_atan2"
+    depth_curriculum: DepthCurriculum = DepthCurriculum()
 
     seed: int = 0
     ema: bool = False
@@ -156,7 +166,7 @@ def validate_config(raw: Dict[str, Any]) -> PretrainConfig:
 # ------------------------------------------------------------------ resuming a run
 # Keys a resumed run may not change: the saved weights, optimizer and sampler position would no longer fit.
 FIXED_ON_RESUME = ("arch", "data_paths", "global_batch_size", "epochs", "eval_interval", "seed", "ema", "freeze_weights",
-                   "optimizer")
+                   "optimizer", "depth_curriculum")
 # What a file of config/data/ sets (at the top level, so `data=<name>` on a resumed run stands for these keys).
 DATA_GROUP_KEYS = ("data_paths", "data_build", "evaluators")
 
