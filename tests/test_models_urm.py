@@ -225,3 +225,21 @@ def test_an_unknown_optimizer_is_refused_in_one_line():
     with pytest.raises(UserError, match="optimizer") as e:
         validate_config(compose_raw(["optimizer=adamw"]))
     assert "\n" not in str(e.value)
+
+
+def test_a_checkpoint_in_the_urm_code_layout_loads(tmp_path):
+    """The URM public code saves the compiled loss head's state dict (`_orig_mod.model.inner.<same names>`), with its
+    depthwise convolution in bfloat16: such a file loads here as it is."""
+    from models.loading import load_checkpoint
+    torch.manual_seed(0)
+    arch = urm_arch(hidden_size=16, num_heads=2, expansion=2, num_layers=2, H_cycles=2, L_cycles=1, halt_max_steps=2,
+                    forward_dtype="float32")
+    theirs = build_loss_head(arch, sizes_metadata(vocab_size=5, seq_len=6, num_puzzle_identifiers=3), 2, "float32")
+    state = {f"_orig_mod.{k}": (v.to(torch.bfloat16) if ".dwconv." in k else v) for k, v in theirs.state_dict().items()}
+    torch.save(state, tmp_path / "step_7")
+    loaded = load_checkpoint(tmp_path / "step_7", torch.device("cpu"), metadata=sizes_metadata(5, 6, 3), arch=arch,
+                             batch_size=2, forward_dtype="float32")
+    ours = loaded.head.state_dict()
+    assert ours.keys() == theirs.state_dict().keys()
+    for key, value in state.items():
+        assert torch.equal(ours[key.removeprefix("_orig_mod.")], value.to(torch.float32)), key
