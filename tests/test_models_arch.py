@@ -36,6 +36,8 @@ def test_arch_yaml_builds_and_runs_forward_and_backward_at_tiny_size(arch_name, 
     overrides = dict(hidden_size=32, num_heads=2, forward_dtype="float32", H_cycles=2, L_cycles=2, halt_max_steps=2, **variant)
     if arch_name == "trm_lm":  # declares none of the ACT and position keys, and unknown arch keys are errors
         overrides = {k: v for k, v in overrides.items() if k in ("hidden_size", "num_heads", "forward_dtype")}
+    if arch_name == "urm":  # attention in every block: no mlp_t variant
+        overrides.pop("mlp_t", None)
     head = build_head(arch_name, seq_len=9, vocab_size=6, **overrides)
     head.train()
     batch = {"inputs": torch.randint(0, 6, (2, 9), dtype=torch.int32), "labels": torch.randint(0, 6, (2, 9), dtype=torch.int32),
