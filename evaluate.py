@@ -56,6 +56,7 @@ class EvaluateConfig(pydantic.BaseModel):
     depths: Optional[List[pydantic.PositiveInt]] = None     # one evaluation per step limit: a table and depths.png
     votes: pydantic.PositiveInt = 1                          # test-time width: symmetric variants per puzzle, voted
     vote: Literal["majority", "confidence", "verifier"] = "majority"
+    latent_noise: pydantic.NonNegativeFloat = 0.0            # votes: variants after the first start from a noisy latent
 
 
 def parse_config(cfg: DictConfig) -> EvaluateConfig:
@@ -69,7 +70,7 @@ def parse_config(cfg: DictConfig) -> EvaluateConfig:
 
 # Options that change the results: a run with other values writes beside the default one, not over it.
 RESULT_OPTIONS = ("data_paths", "evaluators", "global_batch_size", "halt", "halt_threshold", "max_batches", "forward_dtype",
-                  "halt_max_steps", "depths", "votes", "vote")
+                  "halt_max_steps", "depths", "votes", "vote", "latent_noise")
 
 
 def option_text(value: Any) -> str:
@@ -213,7 +214,8 @@ def run(options: EvaluateConfig, dist_info: DistInfo, pool: Optional[Dict[str, A
     if options.votes > 1:  # test-time width (evaluation/width.py): fixed halting unless halt=adaptive
         width = width_report(loaded.head, loader, metadata, guess_kind(metadata, run_hints(run_config, data_paths)),
                              options.votes, options.vote, device,
-                             options.halt_threshold if options.halt == "adaptive" else None, options.max_batches)
+                             options.halt_threshold if options.halt == "adaptive" else None, options.max_batches,
+                             latent_noise=options.latent_noise)
     if not dist_info.is_main:
         return None
     report = {"checkpoint": str(weights), "step": step, "data_paths": data_paths, "global_batch_size": global_batch_size,

@@ -3,7 +3,8 @@ solved, mapped back and combined by a vote. Sudoku: digit relabelling, band/stac
 column-within-stack permutations, transpose (square boxes only); Maze: the 8 dihedral maps. Rules: `majority`
 (the most frequent answer), `confidence` (the answer with the highest mean sigmoid(q_halt)), `verifier` (the most
 frequent answer that obeys the puzzle's rules, by the Sudoku/Maze evaluators' checkers; all candidates when none
-does)."""
+does). Optionally (`latent_noise`) every variant but the first also starts from a perturbed initial latent state."""
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
@@ -79,6 +80,31 @@ def symmetry_maps(kind: Optional[str], seq_len: int, vocab_size: int, count: int
                     f"{kind or 'of no known kind'}; ARC votes over its own augmentations (evaluators=[{{name: arc@ARC}}])")
 
 
+def initial_state_buffers(head) -> List[torch.Tensor]:
+    """The initial latent vectors of a recursive model (H_init, L_init, L<i>_init, init_hidden)."""
+    return [b for name, b in head.named_buffers()
+            if name.rsplit(".", 1)[-1].endswith("_init") or name.rsplit(".", 1)[-1] == "init_hidden"]
+
+
+@contextmanager
+def noisy_initial_state(head, std: float, seed: int):
+    """Within the block every initial latent vector is shifted by std * N(0, 1) (seeded); restored afterwards."""
+    buffers = initial_state_buffers(head) if std > 0 else []
+    if std > 0 and not buffers:
+        raise UserError("latent_noise: this model has no initial latent state (H_init, L_init or init_hidden) to perturb")
+    saved = [b.clone() for b in buffers]
+    generator = torch.Generator().manual_seed(seed)
+    try:
+        with torch.no_grad():
+            for b in buffers:
+                b.add_((std * torch.randn(b.shape, generator=generator, dtype=torch.float32)).to(b.device, b.dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            for b, original in zip(buffers, saved):
+                b.copy_(original)
+
+
 def vote(candidates: np.ndarray, confidences: np.ndarray, rule: str, valid: Optional[np.ndarray] = None) -> int:
     """Index of the winning candidate among `candidates` [N, S] (answers already mapped back), `confidences` [N]
     (sigmoid(q_halt)), `valid` [N] (the rule checker's verdict, for `verifier`). Ties: more votes, then higher
@@ -113,9 +139,11 @@ def vote_counts(votes: int) -> List[int]:
 
 def evaluate_width(head, batches: Iterable, maps: Sequence[TokenMap], device: torch.device,
                    threshold: Optional[float] = None, checker: Optional[Callable] = None,
-                   max_batches: Optional[int] = None) -> Dict[str, Dict[int, Dict[str, float]]]:
+                   max_batches: Optional[int] = None, latent_noise: float = 0.0
+                   ) -> Dict[str, Dict[int, Dict[str, float]]]:
     """Exact accuracy per vote rule and width n (the first n maps): {rule: {n: {exact_accuracy, its interval, count}}}.
-    `checker(inputs, preds) -> bool [B]` (token arrays) enables `verifier`; `threshold` None: fixed halting."""
+    `checker(inputs, preds) -> bool [B]` (token arrays) enables `verifier`; `threshold` None: fixed halting;
+    `latent_noise` > 0: variant j > 0 starts from the initial latent state plus latent_noise * N(0, 1) (seed j)."""
     from evaluation.halting import run_rows
 
     counts = vote_counts(len(maps))
@@ -129,10 +157,11 @@ def evaluate_width(head, batches: Iterable, maps: Sequence[TokenMap], device: to
         inputs, labels = batch["inputs"].cpu().numpy(), batch["labels"].cpu().numpy()
         real = (labels != IGNORE_LABEL_ID).any(-1)
         candidates, confidences = [], []
-        for m, inverse in zip(maps, inverses):
+        for j, (m, inverse) in enumerate(zip(maps, inverses)):
             rows = dict(batch, inputs=torch.from_numpy(m.apply(inputs)).to(batch["inputs"].dtype),
                         labels=torch.from_numpy(m.apply(labels)).to(batch["labels"].dtype))
-            _, outputs = run_rows(head, rows, threshold, device)
+            with noisy_initial_state(head, latent_noise if j > 0 else 0.0, seed=j):
+                _, outputs = run_rows(head, rows, threshold, device)
             candidates.append(inverse.apply(outputs["preds"].cpu().numpy()))
             confidences.append(torch.sigmoid(outputs["q_halt_logits"].float()).cpu().numpy())
         candidates, confidences = np.stack(candidates, 1), np.stack(confidences, 1)   # [B, N, S], [B, N]
@@ -176,13 +205,19 @@ def rule_checker(kind: Optional[str], metadata) -> Callable:
 
 
 def width_report(head, loader, metadata, kind: Optional[str], votes: int, rule: str, device: torch.device,
-                 threshold: Optional[float] = None, max_batches: Optional[int] = None, seed: int = 0) -> Dict:
+                 threshold: Optional[float] = None, max_batches: Optional[int] = None, seed: int = 0,
+                 latent_noise: float = 0.0) -> Dict:
     """evaluate.py votes=N vote=<rule>: accuracy against the number of variants for every rule (`verifier` where
-    the data has a checker), with `exact_accuracy` the chosen rule's at N."""
-    maps = symmetry_maps(kind, metadata.seq_len, metadata.vocab_size, votes, seed)
+    the data has a checker), with `exact_accuracy` the chosen rule's at N. With latent_noise > 0 data without
+    symmetries (other than Sudoku and Maze) is voted over noisy initial states of the unchanged puzzle."""
+    if latent_noise > 0 and kind not in ("sudoku", "maze"):
+        maps = [TokenMap("identity", np.arange(metadata.seq_len), np.arange(metadata.vocab_size))] * votes
+    else:
+        maps = symmetry_maps(kind, metadata.seq_len, metadata.vocab_size, votes, seed)
     checker = rule_checker(kind, metadata) if kind in ("sudoku", "maze") else None
     if rule == "verifier" and checker is None:
         rule_checker(kind, metadata)  # the one-line error
-    results = evaluate_width(head, loader, maps, device, threshold, checker, max_batches)
-    return {"votes": votes, "vote": rule, "maps": [m.name for m in maps], "halt": "fixed" if threshold is None else "adaptive",
+    results = evaluate_width(head, loader, maps, device, threshold, checker, max_batches, latent_noise)
+    return {"votes": votes, "vote": rule, "maps": [m.name for m in maps], "latent_noise": latent_noise,
+            "halt": "fixed" if threshold is None else "adaptive",
             "exact_accuracy": results[rule][votes]["exact_accuracy"], "results": results}

@@ -117,3 +117,34 @@ def test_evaluate_votes_over_sudoku_symmetries(tiny, tmp_path):
         assert one["count"] == report["results"]["fixed"]["all"]["count"]
     assert width["exact_accuracy"] == width["results"]["verifier"]["4"]["exact_accuracy"]
     assert "votes" in result.stdout and "verifier [95% CI]" in result.stdout
+
+
+def tiny_rows(seed=0):
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    return [("all", {"inputs": torch.randint(1, 5, (3, 4), generator=g), "labels": torch.randint(1, 5, (3, 4), generator=g),
+                     "puzzle_identifiers": torch.tensor([1, 2, 3])}, 3)]
+
+
+def test_latent_noise_perturbs_only_the_later_variants_and_is_undone():
+    import torch
+    from evaluation.width import TokenMap, evaluate_width, initial_state_buffers, noisy_initial_state
+    from tests.helpers import tiny_head
+    torch.manual_seed(0)
+    head = tiny_head().eval()
+    assert len(initial_state_buffers(head)) == 2  # H_init, L_init
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    with noisy_initial_state(head, 1.0, seed=3):
+        shifted = [b.clone() for b in initial_state_buffers(head)]
+    with noisy_initial_state(head, 1.0, seed=3):
+        assert all(torch.equal(a, b) for a, b in zip(shifted, initial_state_buffers(head)))  # seeded
+    assert all(torch.equal(v, before[k]) for k, v in head.state_dict().items())
+    assert not torch.equal(shifted[0], before["model.inner.H_init"])
+
+    identity = TokenMap("identity", np.arange(4), np.arange(5))
+    quiet = evaluate_width(head, tiny_rows(), [identity] * 3, torch.device("cpu"))
+    # identical variants: every width and rule scores as one
+    assert len({r[n]["exact_accuracy"] for r in quiet.values() for n in r}) == 1 and quiet["majority"][1]["count"] == 3
+    noisy = evaluate_width(head, tiny_rows(), [identity] * 3, torch.device("cpu"), latent_noise=5.0)
+    assert noisy["majority"][1] == quiet["majority"][1]  # the first variant is never perturbed
+    assert all(torch.equal(v, before[k]) for k, v in head.state_dict().items())
