@@ -243,3 +243,22 @@ def test_a_checkpoint_in_the_urm_code_layout_loads(tmp_path):
     assert ours.keys() == theirs.state_dict().keys()
     for key, value in state.items():
         assert torch.equal(ours[key.removeprefix("_orig_mod.")], value.to(torch.float32)), key
+
+
+@pytest.mark.parametrize("experiment", ["urm_arc1", "urm_arc2", "urm_sudoku"])
+def test_the_urm_recipes_compose_to_the_papers_settings(experiment):
+    from tests.test_config import compose_raw
+    from training.config import validate_config
+    config = validate_config(compose_raw([f"+experiment={experiment}"]))
+    arch = config.arch.model_extra
+    assert config.arch.name == "recursive_reasoning.urm@URM_ACTV1"
+    assert (arch["num_layers"], arch["H_cycles"], arch["L_cycles"], arch["halt_max_steps"]) == (4, 2, 6, 16)
+    assert (arch["hidden_size"], arch["num_heads"], arch["expansion"], arch["puzzle_emb_ndim"]) == (512, 8, 4, 512)
+    assert config.ema and config.eval_interval == 2000
+    if experiment == "urm_sudoku":
+        assert (config.lr, config.puzzle_emb_lr, config.weight_decay, config.puzzle_emb_weight_decay,
+                config.global_batch_size, config.epochs) == (1e-4, 1e-4, 1.0, 1.0, 128, 50000)
+        assert "sudoku" in config.data_paths[0]
+    else:
+        assert (config.epochs, config.weight_decay) == (200000, 0.1)
+        assert ("arc2" in config.data_paths[0]) == (experiment == "urm_arc2")
