@@ -32,8 +32,7 @@ from models.loading import find_weights, load_run_config
 from training.checkpoint import read_training_state
 from training.config import EvaluatorConfig, format_validation_error, prepare_resume, validate_config
 from training.run_dir import claim_run_dir
-from utils.device import set_intra_op_threads
-from utils.distributed import DistInfo, init_distributed, on_main_rank, shutdown_distributed
+from utils.distributed import DistInfo, in_process_group, on_main_rank
 from utils.errors import UserError, user_errors
 from utils.hydra_cli import check_command_line
 
@@ -195,12 +194,7 @@ def run(options: AdaptConfig, dist_info: DistInfo) -> Optional[Dict[str, Any]]:
 
 def launch(cfg: DictConfig) -> Optional[Dict[str, Any]]:
     options = parse_config(cfg)
-    set_intra_op_threads()
-    dist_info = init_distributed(options.device)
-    try:
-        return run(options, dist_info)
-    finally:
-        shutdown_distributed()
+    return in_process_group(options.device, lambda dist_info: run(options, dist_info))
 
 
 @hydra.main(config_path="config", config_name="cfg_adapt", version_base=None)

@@ -8,6 +8,7 @@ evaluators' results such as pass@K) into output_dir, and with visualize=N the re
 Language-model runs (arch=trm_lm) also get the held-out mean token loss and perplexity, both token-weighted."""
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Union
 
@@ -29,8 +30,8 @@ from models.lm import ARCH_NAME as LM_ARCH_NAME
 from training.builders import create_dataloader, create_evaluators, fit_evaluators
 from training.config import EvaluatorConfig, format_validation_error
 from utils.device import (compile_failures_stop_the_run, describe_precision, describe_threads, maybe_compile,
-                          set_intra_op_threads, setup_device)
-from utils.distributed import DistInfo, init_distributed, shutdown_distributed
+                          setup_device)
+from utils.distributed import DistInfo, in_process_group
 from utils.errors import UserError, user_errors
 from utils.hydra_cli import check_command_line
 
@@ -135,14 +136,9 @@ def format_results(results: Dict[str, Dict[str, Any]]) -> str:
 
 
 @compile_failures_stop_the_run()
-def run(options: EvaluateConfig, dist_info: DistInfo, pool: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
-    """Evaluate one checkpoint. `pool` (an ensemble member): receives, per halting mode, the evaluators after the
-    pass (this rank's votes), and under "context" what it takes to build the ensemble's own."""
-    if isinstance(options.checkpoint, list):
-        if len(options.checkpoint) != 1:
-            return run_ensemble(options, dist_info)
-        options = options.model_copy(update={"checkpoint": options.checkpoint[0]})
-    device = setup_device(options.device)
+def checkpoint_and_config(options: EvaluateConfig, dist_info: DistInfo, in_ensemble: bool):
+    """The weights file, its run's config and the arch to build (None: the run's own), after the checks that need
+    no data."""
     weights = find_weights(options.checkpoint)
     run_config = load_run_config(weights) or {}
     arch = None
@@ -153,14 +149,26 @@ def run(options: EvaluateConfig, dist_info: DistInfo, pool: Optional[Dict[str, A
         arch = options.arch
     elif options.arch is not None and dist_info.is_main:
         print(f"note: using the arch saved in {weights.parent / 'all_config.yaml'}; arch=... is for bare weights files")
-    if (options.depths or options.votes > 1) and pool is not None:
+    if (options.depths or options.votes > 1) and in_ensemble:
         raise UserError("depths=[...] and votes=N evaluate one checkpoint: give checkpoint=<one run> (not an ensemble)")
     if options.votes > 1 and dist_info.world_size > 1:
         raise UserError("votes=N runs in one process: evaluate without torchrun")
     if (arch or run_config.get("arch") or {}).get("name") == LM_ARCH_NAME and (
             options.halt != "fixed" or options.visualize or options.halt_max_steps or options.depths or options.votes > 1):
-        raise UserError("halt=adaptive/both, halt_max_steps, depths, votes and visualize are for puzzle models with a Q-head: evaluate a trm_lm run "
-                        "with the defaults (it reports held-out perplexity)")
+        raise UserError("halt=adaptive/both, halt_max_steps, depths, votes and visualize are for puzzle models with a "
+                        "Q-head: evaluate a trm_lm run with the defaults (it reports held-out perplexity)")
+    return weights, run_config, arch
+
+
+def run(options: EvaluateConfig, dist_info: DistInfo, pool: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
+    """Evaluate one checkpoint. `pool` (an ensemble member): receives, per halting mode, the evaluators after the
+    pass (this rank's votes), and under "context" what it takes to build the ensemble's own."""
+    if isinstance(options.checkpoint, list):
+        if len(options.checkpoint) != 1:
+            return run_ensemble(options, dist_info)
+        options = options.model_copy(update={"checkpoint": options.checkpoint[0]})
+    device = setup_device(options.device)
+    weights, run_config, arch = checkpoint_and_config(options, dist_info, in_ensemble=pool is not None)
     data_paths = options.data_paths or test_split_paths(run_config)
     if not data_paths:
         raise UserError("no dataset: give data_paths=[<dataset directory>]")
@@ -192,28 +200,13 @@ def run(options: EvaluateConfig, dist_info: DistInfo, pool: Optional[Dict[str, A
               f"{', compiled' if model is not loaded.head else ''}) "
               f"on {', '.join(data_paths)}: {len(loader)} batches of {global_batch_size}, halt={options.halt}")
 
-    results: Dict[str, Dict[str, Any]] = {}
-    calls: Dict[str, int] = {}
-    for depth in options.depths or [None]:
-        if depth is not None:  # test-time depth: results keyed <mode>@<depth>
-            set_halt_max_steps(loaded.head, depth)
-        for mode in MODES[options.halt]:
-            key = mode if depth is None else f"{mode}@{depth}"
-            evaluators = create_evaluators(evaluator_configs, metadata, data_paths)  # fresh: ARC votes must not carry over
-            runner = AdaptiveHalting(options.halt_threshold) if mode == "adaptive" else None
-            metrics = evaluate(model, loader, metadata.sets, evaluators, dist_info, device, save_dir=str(output_dir / key),
-                               step=step, max_batches=options.max_batches, progress=True, batch_runner=runner)
-            if pool is not None:
-                pool[mode] = evaluators
-            if dist_info.is_main:
-                results[key] = with_intervals(metrics, evaluators)
-                if runner is not None:
-                    calls[key] = runner.model_calls
-
+    kind = guess_kind(metadata, run_hints(run_config, data_paths))
+    passes = Passes(options, dist_info, device, model, loaded, loader, metadata, evaluator_configs, data_paths, step,
+                    output_dir)
+    results, calls = passes.run_all(pool)
     width = None
     if options.votes > 1:  # test-time width (evaluation/width.py): fixed halting unless halt=adaptive
-        width = width_report(loaded.head, loader, metadata, guess_kind(metadata, run_hints(run_config, data_paths)),
-                             options.votes, options.vote, device,
+        width = width_report(loaded.head, loader, metadata, kind, options.votes, options.vote, device,
                              options.halt_threshold if options.halt == "adaptive" else None, options.max_batches,
                              latent_noise=options.latent_noise)
     if not dist_info.is_main:
@@ -229,26 +222,67 @@ def run(options: EvaluateConfig, dist_info: DistInfo, pool: Optional[Dict[str, A
     if options.depths:
         report["halt_max_steps"] = options.depths
         report["depths"] = depth_rows(results, options.depths, MODES[options.halt])
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with open(output_dir / "eval_results.json", "w") as f:
-        json.dump(report, f, indent=2)
-    print(format_results(results))
-    if width is not None:
-        print(f"Test-time width ({width['halt']} halting), exact accuracy against votes:\n" + format_width_table(width["results"]))
-    if options.depths:
-        print(format_depth_table(report["depths"]))
-        plot = plot_depths(report["depths"], output_dir / "depths.png", title=f"{weights.parent.name} step {step}")
-        print(f"Accuracy against depth: {plot}")
-    print(f"Results written to {output_dir / 'eval_results.json'}")
-
+    write_report(report, options, output_dir, f"{weights.parent.name} step {step}")
     if options.visualize:
-        kind = guess_kind(metadata, run_hints(run_config, data_paths))
         threshold = options.halt_threshold if options.halt != "fixed" else None
         single, _ = create_dataloader(data_paths, "test", global_batch_size, DistInfo())  # rank 0 draws them all
         written = save_reasoning(loaded.head, first_test_rows(single, options.visualize), kind, threshold, output_dir)
         if written:
             print(f"Reasoning pictures: {len(written)} files in {output_dir / 'reasoning'}")
     return report
+
+
+@dataclass
+class Passes:
+    """The evaluation passes of one checkpoint: one per halting mode, and per depth with depths=[...]."""
+    options: EvaluateConfig
+    dist_info: DistInfo
+    device: Any
+    model: Any
+    loaded: Any
+    loader: Any
+    metadata: Any
+    evaluator_configs: List[EvaluatorConfig]
+    data_paths: List[str]
+    step: int
+    output_dir: Path
+
+    def run_all(self, pool: Optional[Dict[str, Any]]):
+        results: Dict[str, Dict[str, Any]] = {}
+        calls: Dict[str, int] = {}
+        for depth in self.options.depths or [None]:
+            if depth is not None:  # test-time depth: results keyed <mode>@<depth>
+                set_halt_max_steps(self.loaded.head, depth)
+            for mode in MODES[self.options.halt]:
+                key = mode if depth is None else f"{mode}@{depth}"
+                # fresh evaluators: ARC votes must not carry over
+                evaluators = create_evaluators(self.evaluator_configs, self.metadata, self.data_paths)
+                runner = AdaptiveHalting(self.options.halt_threshold) if mode == "adaptive" else None
+                metrics = evaluate(self.model, self.loader, self.metadata.sets, evaluators, self.dist_info, self.device,
+                                   save_dir=str(self.output_dir / key), step=self.step,
+                                   max_batches=self.options.max_batches, progress=True, batch_runner=runner)
+                if pool is not None:
+                    pool[mode] = evaluators
+                if self.dist_info.is_main:
+                    results[key] = with_intervals(metrics, evaluators)
+                    if runner is not None:
+                        calls[key] = runner.model_calls
+        return results, calls
+
+
+def write_report(report: Dict[str, Any], options: EvaluateConfig, output_dir: Path, title: str) -> None:
+    """eval_results.json, and the tables (and the depth plot) on stdout."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / "eval_results.json", "w") as f:
+        json.dump(report, f, indent=2)
+    print(format_results(report["results"]))
+    if "width" in report:
+        print(f"Test-time width ({report['width']['halt']} halting), exact accuracy against votes:\n"
+              + format_width_table(report["width"]["results"]))
+    if options.depths:
+        print(format_depth_table(report["depths"]))
+        print(f"Accuracy against depth: {plot_depths(report['depths'], output_dir / 'depths.png', title=title)}")
+    print(f"Results written to {output_dir / 'eval_results.json'}")
 
 
 ENSEMBLE_COLUMNS = ("ARC/test_output_pass@1", "ARC/test_output_pass@2", "ARC/task_mean_pass@1", "ARC/task_mean_pass@2")
@@ -309,12 +343,7 @@ def format_ensemble(report: Dict[str, Any]) -> str:
 
 def launch(cfg: DictConfig) -> Optional[Dict[str, Any]]:
     options = parse_config(cfg)
-    set_intra_op_threads()
-    dist_info = init_distributed(options.device)
-    try:
-        return run(options, dist_info)
-    finally:
-        shutdown_distributed()
+    return in_process_group(options.device, lambda dist_info: run(options, dist_info))
 
 
 @hydra.main(config_path="config", config_name="cfg_evaluate", version_base=None)

@@ -35,8 +35,8 @@ from training.run_dir import claim_run_dir
 from training.schedule import Schedule, total_training_steps
 from training.tracking import Tracker, rewind_metrics
 from utils.device import (compile_failures_stop_the_run, describe_precision, describe_threads, maybe_compile,
-                          resolve_forward_dtype, set_intra_op_threads, setup_device)
-from utils.distributed import DistInfo, init_distributed, on_main_rank, shutdown_distributed
+                          resolve_forward_dtype, setup_device)
+from utils.distributed import DistInfo, in_process_group, on_main_rank
 from utils.errors import user_errors
 from utils.hydra_cli import check_command_line
 
@@ -71,18 +71,17 @@ def decide_config(cfg: DictConfig, run_dir: contextlib.ExitStack) -> Tuple[Pretr
 
 
 def launch(cfg: DictConfig) -> dict:
-    set_intra_op_threads()
-    dist_info = init_distributed(cfg.get("device", "auto"))
-    try:
-        with contextlib.ExitStack() as run_dir:
-            # rank 0 decides and shares, so every rank uses the same run name and paths; the state is read once
-            config, resume_state = on_main_rank(lambda: decide_config(cfg, run_dir), dist_info)
-            if config.resume and resume_state is None:  # ranks other than 0
-                resume_state = read_training_state(config.resume)
-            with compile_failures_stop_the_run():  # torch.compile fails at the first step it compiles
-                return train(build_run(config, dist_info, resume_state))
-    finally:
-        shutdown_distributed()
+    return in_process_group(cfg.get("device", "auto"), lambda dist_info: claim_and_train(cfg, dist_info))
+
+
+def claim_and_train(cfg: DictConfig, dist_info: DistInfo) -> dict:
+    with contextlib.ExitStack() as run_dir:
+        # rank 0 decides and shares, so every rank uses the same run name and paths; the state is read once
+        config, resume_state = on_main_rank(lambda: decide_config(cfg, run_dir), dist_info)
+        if config.resume and resume_state is None:  # ranks other than 0
+            resume_state = read_training_state(config.resume)
+        with compile_failures_stop_the_run():  # torch.compile fails at the first step it compiles
+            return train(build_run(config, dist_info, resume_state))
 
 
 # ------------------------------------------------------------------ building the run

@@ -6,6 +6,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.distributed as dist
 
+from utils.device import set_intra_op_threads
 from utils.errors import UserError
 
 
@@ -58,6 +59,17 @@ def on_main_rank(work: Callable[[], Any], dist_info: DistInfo) -> Any:
     if kind == "error":
         raise value
     return value
+
+
+def in_process_group(device_request: str, work: Callable[[DistInfo], Any]) -> Any:
+    """An entry point's body: threads chosen, the process group joined (under torchrun), `work(dist_info)` run,
+    the group left however it ends."""
+    set_intra_op_threads()
+    dist_info = init_distributed(device_request)
+    try:
+        return work(dist_info)
+    finally:
+        shutdown_distributed()
 
 
 def shutdown_distributed() -> None:

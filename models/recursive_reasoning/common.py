@@ -16,16 +16,18 @@ PositiveInt = pydantic.PositiveInt
 NonNegativeInt = pydantic.NonNegativeInt
 
 
-class RecursiveModelConfig(pydantic.BaseModel):
+class DataSizes(pydantic.BaseModel):
+    """What every architecture's config takes from the data and the run (docs/network.md#model-interface)."""
     model_config = pydantic.ConfigDict(extra="forbid")  # a misspelt arch key must not be ignored
 
-    # From the data and the run (docs/network.md#model-interface)
     batch_size: PositiveInt
     seq_len: PositiveInt
     vocab_size: PositiveInt
     num_puzzle_identifiers: PositiveInt
     causal: bool = False
 
+
+class RecursiveModelConfig(DataSizes):
     # hidden_size first: errors are reported in field order, and puzzle_emb_ndim is ${.hidden_size} in the YAML
     hidden_size: PositiveInt
     puzzle_emb_ndim: NonNegativeInt = 0

@@ -15,20 +15,11 @@ from torch import nn
 
 from models.layers import Attention, ConvSwiGLU, CosSin, rms_norm
 from models.recursive_reasoning.act import ACTModel, reset_rows
-from models.recursive_reasoning.common import NonNegativeInt, PositiveInt, RecursiveInnerBase
+from models.recursive_reasoning.common import DataSizes, NonNegativeInt, PositiveInt, RecursiveInnerBase
 from utils.errors import UserError
 
 
-class URMConfig(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid")
-
-    # From the data and the run (docs/network.md#model-interface)
-    batch_size: PositiveInt
-    seq_len: PositiveInt
-    vocab_size: PositiveInt
-    num_puzzle_identifiers: PositiveInt
-    causal: bool = False
-
+class URMConfig(DataSizes):
     hidden_size: PositiveInt
     puzzle_emb_ndim: NonNegativeInt = 0
     puzzle_emb_len: NonNegativeInt = 0    # 0: ceil(puzzle_emb_ndim / hidden_size), as the URM code has it
