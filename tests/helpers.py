@@ -75,6 +75,13 @@ def run_evaluate(args, cwd, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def evaluate_report(args, cwd, out):
+    """evaluate.py with `args`, which end in output_dir=<out>: (the finished process, its eval_results.json)."""
+    result = run_evaluate([*args, f"output_dir={out}"], cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, json.loads((Path(out) / "eval_results.json").read_text())
+
+
 def free_port() -> int:
     """A TCP port nobody listens on now, for a test's own process group."""
     import socket

@@ -109,6 +109,14 @@ def test_each_evaluation_votes_afresh_by_default(arc_dir):
         "ARC/test_output_pass@1": 0.0, "ARC/test_output_pass@2": 0.0}
 
 
+def on_two_ranks(worker, *args) -> dict:
+    """worker(rank, world_size, *args, results) on two gloo ranks; -> {rank: what it stored in results}."""
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(worker, args=(2, *args, results), nprocs=2)
+        return dict(results)
+
+
 def _distributed_worker(rank, world_size, data_dir, init_file, results):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
@@ -125,9 +133,7 @@ def _distributed_worker(rank, world_size, data_dir, init_file, results):
 
 @pytest.mark.slow
 def test_results_gathered_to_rank_zero(arc_dir, tmp_path):
-    manager = mp.Manager()
-    results = manager.dict()
-    mp.spawn(_distributed_worker, args=(2, arc_dir, str(tmp_path / "init"), results), nprocs=2)
+    results = on_two_ranks(_distributed_worker, arc_dir, str(tmp_path / "init"))
     assert results[1] is None
     assert results[0] == pytest.approx(EXPECTED)
 
@@ -252,9 +258,7 @@ def _ranks_worker(rank, world_size, data_dir, init_file, out_dir, results):
 
 @pytest.mark.slow
 def test_two_ranks_give_the_single_rank_results(arc_dir, tmp_path):
-    manager = mp.Manager()
-    results = manager.dict()
-    mp.spawn(_ranks_worker, args=(2, arc_dir, str(tmp_path / "init"), str(tmp_path / "two"), results), nprocs=2)
+    results = on_two_ranks(_ranks_worker, arc_dir, str(tmp_path / "init"), str(tmp_path / "two"))
     assert results[1] == [None, None]
     single = run_eval(arc_dir, save_path=str(tmp_path / "one_a"))
     member_b, _ = with_plan(PLAN_B, lambda: run_eval(arc_dir))

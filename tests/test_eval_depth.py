@@ -1,6 +1,5 @@
 """Test-time depth (docs/evaluation.md#test-time-depth): evaluation with a step limit beyond training runs exactly
 that many steps; evaluate.py depths=[...] scores each limit under fixed and adaptive halting, with a table and plot."""
-import json
 
 import pytest
 import torch
@@ -8,7 +7,7 @@ from torch import nn
 
 from evaluation.depth import depth_rows, format_depth_table, plot_depths, set_halt_max_steps
 from evaluation.halting import run_to_max_steps
-from tests.helpers import run_evaluate, tiny_head
+from tests.helpers import evaluate_report, tiny_head
 from utils.errors import UserError
 
 
@@ -59,16 +58,12 @@ def test_depth_rows_table_and_plot(tmp_path):
 @pytest.mark.slow
 def test_evaluate_beyond_training_depth_and_a_depth_sweep(tiny, tmp_path):
     out = tmp_path / "deep"
-    result = run_evaluate([f"checkpoint={tiny['run']}", "halt_max_steps=9", f"output_dir={out}"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((out / "eval_results.json").read_text())
+    result, report = evaluate_report([f"checkpoint={tiny['run']}", "halt_max_steps=9"], tmp_path, out)
     assert report["halt_max_steps"] == 9 and report["trained_halt_max_steps"] == 4
     assert report["results"]["fixed"]["all"]["steps"] == 9
 
     out = tmp_path / "sweep"
-    result = run_evaluate([f"checkpoint={tiny['run']}", "depths=[2,6]", "halt=both", f"output_dir={out}"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((out / "eval_results.json").read_text())
+    result, report = evaluate_report([f"checkpoint={tiny['run']}", "depths=[2,6]", "halt=both"], tmp_path, out)
     assert set(report["results"]) == {"fixed@2", "adaptive@2", "fixed@6", "adaptive@6"}
     assert report["results"]["fixed@6"]["all"]["steps"] == 6 and report["results"]["fixed@2"]["all"]["steps"] == 2
     assert 1 <= report["results"]["adaptive@6"]["all"]["steps"] <= 6

@@ -1,13 +1,12 @@
 """Test-time width (docs/evaluation.md#test-time-width): every symmetry map and its inverse round-trip, a solved
 puzzle stays solved under every map, the vote rules pick the expected winner, and evaluate.py votes=N end to end."""
-import json
 
 import numpy as np
 import pytest
 
 from dataset.checkers import MAZE_CHARSET, is_valid_maze_path, sudoku_box_shape, valid_sudoku_solutions
 from evaluation.width import VOTE_RULES, maze_maps, sudoku_maps, symmetry_maps, vote, vote_counts
-from tests.helpers import run_evaluate
+from tests.helpers import evaluate_report
 from utils.errors import UserError
 
 
@@ -103,9 +102,7 @@ def test_vote_rules_on_hand_built_candidates():
 @pytest.mark.slow
 def test_evaluate_votes_over_sudoku_symmetries(tiny, tmp_path):
     out = tmp_path / "width"
-    result = run_evaluate([f"checkpoint={tiny['run']}", "votes=4", "vote=verifier", f"output_dir={out}"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((out / "eval_results.json").read_text())
+    result, report = evaluate_report([f"checkpoint={tiny['run']}", "votes=4", "vote=verifier"], tmp_path, out)
     width = report["width"]
     assert width["votes"] == 4 and width["vote"] == "verifier"
     assert set(width["results"]) == set(VOTE_RULES)

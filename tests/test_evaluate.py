@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dataset.format import set_array_path
-from tests.helpers import TINY_ARCH, run_evaluate
+from tests.helpers import evaluate_report, run_evaluate, TINY_ARCH
 
 
 def one_line_error(result) -> str:
@@ -19,9 +19,7 @@ def one_line_error(result) -> str:
 @pytest.mark.slow
 def test_evaluate_matches_training_evaluation_and_reports_both_modes(tiny, tmp_path):
     out = tmp_path / "eval"
-    result = run_evaluate([f"checkpoint={tiny['run']}", "halt=both", "visualize=2", f"output_dir={out}"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((out / "eval_results.json").read_text())
+    result, report = evaluate_report([f"checkpoint={tiny['run']}", "halt=both", "visualize=2"], tmp_path, out)
     assert report["step"] == tiny["final_eval"]["step"]
     fixed, adaptive = report["results"]["fixed"], report["results"]["adaptive"]
     train = tiny["final_eval"]
@@ -45,10 +43,8 @@ def test_bare_weights_file_needs_the_arch_on_the_command_line(tiny, tmp_path):
     step = next(tiny["run"].glob("step_*"))
     shutil.copy(step, bare / step.name)
     assert "give the architecture" in one_line_error(run_evaluate([f"checkpoint={bare / step.name}"], cwd=tmp_path))
-    result = run_evaluate([f"checkpoint={bare / step.name}", "arch=trm", *TINY_ARCH, f"data_paths=[{tiny['data']}]",
-                           "global_batch_size=16", "evaluators=[]", f"output_dir={tmp_path / 'out'}"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    result, report = evaluate_report([f"checkpoint={bare / step.name}", "arch=trm", *TINY_ARCH, f"data_paths=[{tiny['data']}]",
+                                      "global_batch_size=16", "evaluators=[]"], tmp_path, tmp_path / "out")
     assert report["results"]["fixed"]["all"]["accuracy"] == pytest.approx(tiny["final_eval"]["all/accuracy"], abs=1e-6)
 
 

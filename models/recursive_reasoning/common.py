@@ -27,6 +27,22 @@ class DataSizes(pydantic.BaseModel):
     causal: bool = False
 
 
+def heads_divide_width(config):
+    """The attention heads split the width evenly (a model_validator of the configs with heads)."""
+    if config.hidden_size % config.num_heads:
+        raise UserError(f"arch.hidden_size={config.hidden_size} must be divisible by arch.num_heads={config.num_heads}")
+    return config
+
+
+def last_cycle_with_grad(step, state, cycles: int):
+    """`cycles` applications of `step` to `state`, all but the last without gradient (truncated back-propagation
+    through the loops, docs/network.md#trm-recursion)."""
+    with torch.no_grad():
+        for _ in range(cycles - 1):
+            state = step(state)
+    return step(state)
+
+
 class RecursiveModelConfig(DataSizes):
     # hidden_size first: errors are reported in field order, and puzzle_emb_ndim is ${.hidden_size} in the YAML
     hidden_size: PositiveInt
@@ -51,11 +67,7 @@ class RecursiveModelConfig(DataSizes):
 
     forward_dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
 
-    @pydantic.model_validator(mode="after")
-    def _heads_divide_width(self):
-        if self.hidden_size % self.num_heads:
-            raise UserError(f"arch.hidden_size={self.hidden_size} must be divisible by arch.num_heads={self.num_heads}")
-        return self
+    _heads_divide_width = pydantic.model_validator(mode="after")(lambda self: heads_divide_width(self))
 
 
 def puzzle_emb_rows(config: RecursiveModelConfig) -> int:

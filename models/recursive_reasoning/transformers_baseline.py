@@ -6,7 +6,8 @@ import pydantic
 import torch
 
 from models.recursive_reasoning.act import ACTModel, reset_rows
-from models.recursive_reasoning.common import RecursiveInnerBase, RecursiveModelConfig, ReasoningModule
+from models.recursive_reasoning.common import (RecursiveInnerBase, RecursiveModelConfig, ReasoningModule,
+                                               last_cycle_with_grad)
 
 
 class Model_ACTV2Config(RecursiveModelConfig):
@@ -35,11 +36,7 @@ class Model_ACTV2_Inner(RecursiveInnerBase):
     def forward(self, carry, batch):
         cos_sin = self.cos_sin()
         x = self.input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
-        z_H = carry.z_H
-        with torch.no_grad():
-            for _ in range(self.config.H_cycles - 1):
-                z_H = self.H_level(z_H, x, cos_sin)
-        z_H = self.H_level(z_H, x, cos_sin)
+        z_H = last_cycle_with_grad(lambda z: self.H_level(z, x, cos_sin), carry.z_H, self.config.H_cycles)
         return (Model_ACTV2InnerCarry(z_H.detach()), *self.output_heads(z_H))
 
 

@@ -15,8 +15,8 @@ from torch import nn
 
 from models.layers import Attention, ConvSwiGLU, CosSin, rms_norm
 from models.recursive_reasoning.act import ACTModel, reset_rows
-from models.recursive_reasoning.common import DataSizes, NonNegativeInt, PositiveInt, RecursiveInnerBase
-from utils.errors import UserError
+from models.recursive_reasoning.common import (DataSizes, NonNegativeInt, PositiveInt, RecursiveInnerBase,
+                                               heads_divide_width, last_cycle_with_grad)
 
 
 class URMConfig(DataSizes):
@@ -40,11 +40,7 @@ class URMConfig(DataSizes):
 
     forward_dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
 
-    @pydantic.model_validator(mode="after")
-    def _heads_divide_width(self):
-        if self.hidden_size % self.num_heads:
-            raise UserError(f"arch.hidden_size={self.hidden_size} must be divisible by arch.num_heads={self.num_heads}")
-        return self
+    _heads_divide_width = pydantic.model_validator(mode="after")(lambda self: heads_divide_width(self))
 
 
 @dataclass
@@ -89,11 +85,7 @@ class URM_Inner(RecursiveInnerBase):
     def forward(self, carry, batch):
         cos_sin = self.cos_sin()
         x = self.input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
-        hidden = carry.hidden
-        with torch.no_grad():  # truncated back-propagation through loops
-            for _ in range(self.config.H_cycles - 1):
-                hidden = self.loop(hidden, x, cos_sin)
-        hidden = self.loop(hidden, x, cos_sin)
+        hidden = last_cycle_with_grad(lambda h: self.loop(h, x, cos_sin), carry.hidden, self.config.H_cycles)
         return (URMInnerCarry(hidden.detach()), *self.output_heads(hidden))
 
 
