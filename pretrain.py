@@ -196,7 +196,7 @@ def build_run(config: PretrainConfig, dist_info: DistInfo, resume_state: Optiona
     if config.depth_curriculum.enabled:
         run.depth_target = model_cycles(head)
         curriculum = config.depth_curriculum
-        scheduled_cycles(1, schedule.total_steps, (curriculum.start_H_cycles, curriculum.start_L_cycles),
+        scheduled_cycles(1, schedule.total_steps, (curriculum.start_H, curriculum.start_L),
                          run.depth_target, curriculum.until)  # a start deeper than the arch fails here, in one line
     if resume_state is not None:  # last before training: it also restores the RNGs
         run.start_iter = run.checkpointer.restore(resume_state, state, ema, train_batches, device)
@@ -228,7 +228,7 @@ def apply_depth_curriculum(run: Run) -> Dict[str, float]:
     """Set the training model's cycles for the step about to run; say so when they change."""
     curriculum = run.config.depth_curriculum
     step = run.state.step + 1
-    cycles = scheduled_cycles(step, run.state.total_steps, (curriculum.start_H_cycles, curriculum.start_L_cycles),
+    cycles = scheduled_cycles(step, run.state.total_steps, (curriculum.start_H, curriculum.start_L),
                               run.depth_target, curriculum.until)
     changed = set_cycles(run.head, *cycles)
     if (changed or step == run.start_step + 1) and run.tracker is not None:

@@ -54,8 +54,8 @@ def test_the_curriculum_is_off_by_default_and_composes():
 
 
 RUN = ["evaluators=[]", "global_batch_size=32", "epochs=4", "eval_interval=2", "lr=1e-3", "lr_warmup_steps=5",
-       "ema=False", "device=cpu", "depth_curriculum.enabled=True", "depth_curriculum.start_H_cycles=1",
-       "depth_curriculum.start_L_cycles=1", "depth_curriculum.until=0.5",
+       "ema=False", "device=cpu", "depth_curriculum.enabled=True", "depth_curriculum.start_H=1",
+       "depth_curriculum.start_L=1", "depth_curriculum.until=0.5",
        *tiny_arch(H_cycles=3, L_cycles=2, mlp_t=True, pos_encodings="none")]
 
 

@@ -45,8 +45,8 @@ class DepthCurriculum(_Strict):
     """docs/configuration.md#depth-curriculum: H_cycles/L_cycles grow from start_* to the arch's over the first
     `until` of the training steps."""
     enabled: bool = False
-    start_H_cycles: pydantic.PositiveInt = 1
-    start_L_cycles: pydantic.PositiveInt = 2
+    start_H: pydantic.PositiveInt = 1
+    start_L: pydantic.PositiveInt = 2
     until: Ratio = 0.5
 
 

@@ -45,7 +45,7 @@ def scheduled_cycles(step: int, total_steps: int, start: Tuple[int, int], target
     step 1 and reaches its target once `until * total_steps` steps have run (rounded down in between)."""
     if any(s > t for s, t in zip(start, target)):
         raise UserError(f"depth_curriculum: the start depth {start[0]}x{start[1]} (H_cycles x L_cycles) is deeper than "
-                        f"the arch's {target[0]}x{target[1]}; lower start_H_cycles/start_L_cycles")
+                        f"the arch's {target[0]}x{target[1]}; lower start_H/start_L")
     span = until * total_steps
     progress = 1.0 if span <= 0 else min(1.0, (step - 1) / span)
     return tuple(s + math.floor(progress * (t - s) + 1e-9) for s, t in zip(start, target))
