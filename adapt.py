@@ -11,7 +11,6 @@
    `max_train_seconds`; checkpoints and resume as in training (rerun the same command to continue).
 4. evaluate.py's pass predicts every augmented test input with the final weights, the ARC evaluator votes, and
    <output_dir>/submission.json (two attempts per test output) and arc_report.json are written."""
-import contextlib
 import json
 import os
 import shutil
@@ -29,9 +28,7 @@ from evaluators.arc import submission_problems
 from models.checkpoint_io import (STATE_FILE, atomic_torch_save, files_by_step, grow_puzzle_embedding, puzzle_table_rows,
                                   read_weights_file, weights_path)
 from models.loading import find_weights, load_run_config
-from training.checkpoint import read_training_state
-from training.config import EvaluatorConfig, format_validation_error, prepare_resume, validate_config
-from training.run_dir import claim_run_dir
+from training.config import EvaluatorConfig, format_validation_error
 from utils.distributed import DistInfo, in_process_group, on_main_rank
 from utils.errors import UserError, user_errors
 from utils.hydra_cli import check_command_line
@@ -134,23 +131,10 @@ def training_config(options: AdaptConfig, run_config: Dict[str, Any], out: Path,
 
 
 def adapt_training(raw: Dict[str, Any], dist_info: DistInfo) -> None:
-    """pretrain.py's run on the new tasks, without its evaluations (the prediction pass follows)."""
-    with contextlib.ExitStack() as run_dir:
-        def decide():
-            if raw["resume"]:
-                # the saved run's settings; only the time budget may change between invocations
-                config, state = prepare_resume(raw, [f"max_train_seconds={raw['max_train_seconds']}"]
-                                               if raw["max_train_seconds"] else [])
-            else:
-                config, state = validate_config(raw).fill_defaults(), None
-            run_dir.enter_context(claim_run_dir(config.checkpoint_path, resuming=bool(config.resume)))
-            return config, state
-        config, resume_state = on_main_rank(decide, dist_info)
-        if config.resume and resume_state is None:  # ranks other than 0
-            resume_state = read_training_state(config.resume)
-        run = pretrain.build_run(config, dist_info, resume_state)
-        run.eval_loader = None  # the test inputs have no labels to score during training
-        pretrain.train(run)
+    """pretrain.py's run on the new tasks, without its evaluations (the test inputs have no labels to score; the
+    prediction pass follows). A resumed run keeps its saved settings; only the time budget may change."""
+    overrides = [f"max_train_seconds={raw['max_train_seconds']}"] if raw["max_train_seconds"] else []
+    pretrain.claim_and_train(raw, overrides, dist_info, evaluations=False)
 
 
 # ------------------------------------------------------------------ 4: predict, vote, submit

@@ -55,33 +55,38 @@ def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def decide_config(cfg: DictConfig, run_dir: contextlib.ExitStack) -> Tuple[PretrainConfig, Optional[Dict[str, Any]]]:
-    """The validated config and, with `resume=`, the run's saved config (plus this command line's keys) and its
+def decide_config(raw: Dict[str, Any], overrides: List[str], run_dir: contextlib.ExitStack
+                  ) -> Tuple[PretrainConfig, Optional[Dict[str, Any]]]:
+    """The validated config and, with `resume=`, the run's saved config (plus the keys `overrides` set) and its
     training state. Claims the run directory, held until `run_dir` closes. Rank 0 only."""
-    raw = OmegaConf.to_container(cfg, resolve=True)
+    raw = dict(raw)
     resume_state = None
     if raw.get("resume"):
-        config, resume_state = prepare_resume(raw, command_line_overrides())
+        config, resume_state = prepare_resume(raw, overrides)
     else:
         if in_sweep() and raw.get("run_name") is None:
-            raw["run_name"] = sweep_run_name(raw["arch"]["name"], command_line_overrides())
+            raw["run_name"] = sweep_run_name(raw["arch"]["name"], overrides)
         config = validate_config(raw).fill_defaults()
     run_dir.enter_context(claim_run_dir(config.checkpoint_path, resuming=bool(config.resume)))
     return config, resume_state
 
 
 def launch(cfg: DictConfig) -> dict:
-    return in_process_group(cfg.get("device", "auto"), lambda dist_info: claim_and_train(cfg, dist_info))
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    return in_process_group(raw.get("device", "auto"),
+                            lambda dist_info: claim_and_train(raw, command_line_overrides(), dist_info))
 
 
-def claim_and_train(cfg: DictConfig, dist_info: DistInfo) -> dict:
+def claim_and_train(raw: Dict[str, Any], overrides: List[str], dist_info: DistInfo, evaluations: bool = True) -> dict:
+    """Train the run `raw` describes (adapt.py's too, without evaluations); `overrides`: the keys the command line
+    set, which a resumed run takes over its saved config."""
     with contextlib.ExitStack() as run_dir:
         # rank 0 decides and shares, so every rank uses the same run name and paths; the state is read once
-        config, resume_state = on_main_rank(lambda: decide_config(cfg, run_dir), dist_info)
+        config, resume_state = on_main_rank(lambda: decide_config(raw, overrides, run_dir), dist_info)
         if config.resume and resume_state is None:  # ranks other than 0
             resume_state = read_training_state(config.resume)
         with compile_failures_stop_the_run():  # torch.compile fails at the first step it compiles
-            return train(build_run(config, dist_info, resume_state))
+            return train(build_run(config, dist_info, resume_state, evaluations))
 
 
 # ------------------------------------------------------------------ building the run
@@ -151,7 +156,8 @@ def build_evaluation(config: PretrainConfig, dist_info: DistInfo):
     return loader, metadata, evaluators, dataset_kind(metadata, test_paths, [e.name for e in config.evaluators])
 
 
-def build_run(config: PretrainConfig, dist_info: DistInfo, resume_state: Optional[Dict[str, Any]]) -> Run:
+def build_run(config: PretrainConfig, dist_info: DistInfo, resume_state: Optional[Dict[str, Any]],
+              evaluations: bool = True) -> Run:
     torch.manual_seed(config.seed + dist_info.rank)
     np.random.seed(config.seed + dist_info.rank)
     device = setup_device(config.device)
@@ -161,7 +167,8 @@ def build_run(config: PretrainConfig, dist_info: DistInfo, resume_state: Optiona
                                                      seed=config.seed, epochs_per_iter=config.epochs_per_iter)
     # read ahead in a thread, pinned for asynchronous copies to a GPU
     train_batches = prefetched(train_loader, prefetch_depth(config.prefetch_batches, device), pin=device.type == "cuda")
-    eval_loader, eval_metadata, evaluators, reasoning_kind = build_evaluation(config, dist_info)
+    eval_loader, eval_metadata, evaluators, reasoning_kind = (build_evaluation(config, dist_info) if evaluations
+                                                              else (None, None, [], None))
 
     head, forward_dtype, optimizers, base_lrs, ema = build_model(config, train_metadata, dist_info, device)
     schedule = Schedule(total_steps=total_training_steps(config.epochs, train_metadata.total_groups,
