@@ -5,22 +5,18 @@ from typing import Any, Dict, List, Optional
 
 from torch import nn
 
+from models.recursive_reasoning.act import act_model, update_config
 from utils.errors import UserError
 
 
 def set_halt_max_steps(head: nn.Module, steps: int) -> None:
     """The ACT model inside `head` runs at most `steps` steps per row from now on (every row exactly `steps` under
     fixed halting). Only the halting limit changes: the weights do not depend on it."""
-    model = getattr(head, "model", head)
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "halt_max_steps"):
+    model = act_model(head)
+    if not hasattr(getattr(model, "config", None), "halt_max_steps"):
         raise UserError(f"halt_max_steps: {type(model).__name__} has no ACT halting; depths and halt_max_steps are "
                         f"for the puzzle models (trm, urm, hrm, ...)")
-    inner = getattr(model, "inner", None)
-    shared = inner is not None and getattr(inner, "config", None) is config
-    model.config = config.model_copy(update={"halt_max_steps": steps})
-    if shared:
-        inner.config = model.config
+    update_config(head, halt_max_steps=steps)
 
 
 def depth_rows(results: Dict[str, Dict[str, Any]], depths: List[int], modes: List[str]) -> List[Dict[str, Any]]:

@@ -7,16 +7,13 @@ from typing import Tuple
 
 from torch import nn
 
+from models.recursive_reasoning.act import act_model, update_config
 from utils.errors import UserError
-
-
-def _act_model(head: nn.Module) -> nn.Module:
-    return getattr(head, "model", head)
 
 
 def model_cycles(head: nn.Module) -> Tuple[int, int]:
     """The (H_cycles, L_cycles) the model inside `head` runs; a UserError for a model without both."""
-    model = _act_model(head)
+    model = act_model(head)
     config = getattr(model, "config", None)
     if config is None or not (hasattr(config, "H_cycles") and hasattr(config, "L_cycles")):
         raise UserError(f"depth_curriculum.enabled=True: {type(model).__name__} has no H_cycles/L_cycles to grow; "
@@ -29,13 +26,7 @@ def set_cycles(head: nn.Module, H_cycles: int, L_cycles: int) -> bool:
     compiled model keeps its graph)."""
     if model_cycles(head) == (H_cycles, L_cycles):
         return False
-    model = _act_model(head)
-    config = model.config
-    new = config.model_copy(update={"H_cycles": H_cycles, "L_cycles": L_cycles})
-    model.config = new
-    inner = getattr(model, "inner", None)
-    if inner is not None and getattr(inner, "config", None) is config:
-        inner.config = new
+    update_config(head, H_cycles=H_cycles, L_cycles=L_cycles)
     return True
 
 

@@ -42,6 +42,22 @@ def parse_config(config_class, config_dict: Dict[str, Any]):
         raise UserError(f"arch.{key}={given!r}: {msg}") from None
 
 
+def act_model(head: nn.Module) -> nn.Module:
+    """The ACT model inside a loss head (or the model itself)."""
+    return getattr(head, "model", head)
+
+
+def update_config(head: nn.Module, **fields) -> None:
+    """Run the ACT model inside `head` with these config fields from its next call (e.g. its cycles or halting
+    limit); its inner module, which shares the config, sees the same. The weights do not depend on them."""
+    model = act_model(head)
+    old = model.config
+    model.config = old.model_copy(update=fields)
+    inner = getattr(model, "inner", None)
+    if inner is not None and getattr(inner, "config", None) is old:
+        inner.config = model.config
+
+
 class ACTModel(nn.Module):
     config_class: type
     inner_class: type
