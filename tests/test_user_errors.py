@@ -18,7 +18,6 @@ from dataset.format import set_array_path
 from tests.helpers import QUIET_ENV, ROOT, TINY_ARCH, build_sudoku4, pretrain_command
 from utils.errors import exit_with, user_errors
 
-ARC_PREFIX = ROOT.parent / "shared" / "data" / "arc-agi" / "arc-agi"
 
 
 class Evil:
@@ -67,6 +66,9 @@ def files(tmp_path_factory, tiny):
     f["test_labels_out"] = damaged_copy(good, base / "test_labels_out", "test", "labels", lambda a: a * 0 + 99)
     f["seq_len"] = with_metadata(good, base / "seq_len", seq_len=meta["seq_len"] + 1)
     (base / "a_file").write_text("not a dataset")
+    # one valid ARC task, so the builder gets past its inputs without the shared ARC files
+    (base / "tiny_arc_evaluation_challenges.json").write_text(json.dumps(
+        {"t1": {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[1]]}]}}))
     f["notes"] = base / "notes"
     f["notes"].mkdir()
     (f["notes"] / "todo.txt").write_text("keep me")
@@ -172,7 +174,7 @@ def builder_cases(f):
         ("maze builder: tiny size", ["-m", "dataset.build_maze_dataset", "--size", "2", "--output-dir", str(b / "x")], "--size 2"),
         ("maze builder over notes", ["-m", "dataset.build_maze_dataset", "--generate", "4", "--size", "7", "--output-dir", str(b / "notes")], "holds no dataset"),
         ("ARC builder: no files", ["-m", "dataset.build_arc_dataset", "--input-file-prefix", str(b / "none"), "--output-dir", str(b / "x")], "file not found"),
-        ("ARC builder onto a file", ["-m", "dataset.build_arc_dataset", "--input-file-prefix", str(ARC_PREFIX), "--subsets",
+        ("ARC builder onto a file", ["-m", "dataset.build_arc_dataset", "--input-file-prefix", str(b / "tiny_arc"), "--subsets",
                                      "evaluation", "--output-dir", str(b / "a_file")], "is an existing file"),
         ("custom builder: no train file", ["-m", "dataset.build_custom_dataset", "--train", str(b / "none.json"), "--test", str(b / "none.json"), "--output-dir", str(b / "x")], "none.json"),
         ("arithmetic builder: 0 digits", ["-m", "dataset.build_arithmetic_dataset", "--digits", "0", "--output-dir", str(b / "x")], "--digits 0"),
