@@ -31,13 +31,16 @@ def passes(run: Path, depths: Sequence[int], votes: int, latent_noise: float, ou
     return [(name, overrides + [f"output_dir={out / 'runs' / run.name / name}"]) for name, overrides in todo]
 
 
-def evaluate(overrides: List[str], threads: int) -> None:
+def evaluate(overrides: List[str], threads: int, log: Path) -> None:
+    """One evaluate.py run; its output (progress bars included) goes to `log`, which a user can follow."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), WANDB_MODE="disabled")
-    done = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *overrides], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise UserError(f"evaluate.py {' '.join(overrides)} failed (exit {done.returncode}): {tail}")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        code = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *overrides], cwd=ROOT, env=env,
+                              stdout=f, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        tail = (log.read_text().strip().splitlines() or ["(no output)"])[-1]
+        raise UserError(f"evaluate.py {' '.join(overrides)} failed (exit {code}): {tail} (whole output: {log})")
 
 
 def collect(runs: Sequence[Path], out: Path) -> Dict[str, Any]:
@@ -71,7 +74,7 @@ def markdown(collected: Dict[str, Any]) -> str:
     lines = ["Exact accuracy on the held-out puzzles, with 95% Wilson intervals.", ""]
     lines += ["**Depth** (the most ACT steps at evaluation; fixed: every puzzle runs them all, adaptive: a puzzle stops "
               "once sigmoid(q_halt) > 0.5)", "",
-              "| run | trained steps | halting | " + " | ".join(f"{d} steps" for d in depth_columns(collected)) + " |",
+              "| run | trained with | halting | " + " | ".join(f"{d} steps" for d in depth_columns(collected)) + " |",
               "|---|---|---|" + "---|" * len(depth_columns(collected))]
     for run, entry in collected.items():
         for halt in ("fixed", "adaptive"):
@@ -80,7 +83,7 @@ def markdown(collected: Dict[str, Any]) -> str:
                 cells = [percent(rows[d]["exact_accuracy"], rows[d]["ci_low"], rows[d]["ci_high"])
                          + ("" if halt == "fixed" else f" ({rows[d]['mean_steps']:.1f} steps)") if d in rows else ""
                          for d in depth_columns(collected)]
-                lines.append(f"| {run} | {entry['trained_halt_max_steps']} | {halt} | " + " | ".join(cells) + " |")
+                lines.append(f"| {run} | {entry['trained_halt_max_steps']} steps | {halt} | " + " | ".join(cells) + " |")
     for key, title in (("width", "**Width** (N symmetric variants per puzzle, each solved at the trained depth with "
                                  "fixed halting, mapped back, one answer chosen by the rule)"),
                        ("width_noise", "**Width with a noisy initial state** (variants after the first also start "
@@ -114,10 +117,13 @@ def plot(collected: Dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)  # before the ticks: setting a scale resets them
 
     def line(ax, xs, rows, label, style, rate="exact_accuracy", low="ci_low", high="ci_high"):
-        ax.plot(xs, [r[rate] for r in rows], style, marker="o", label=label)
-        ax.fill_between(xs, [r[low] for r in rows], [r[high] for r in rows], alpha=0.15)
+        (drawn,) = ax.plot(xs, [r[rate] for r in rows], style, marker="o", label=label)
+        ax.fill_between(xs, [r[low] for r in rows], [r[high] for r in rows], color=drawn.get_color(), alpha=0.12)
+        ax.set_xticks(xs, [str(x) for x in xs])
 
     for i, (run, entry) in enumerate(collected.items()):
         for halt, style in (("fixed", "-"), ("adaptive", "--")):
@@ -131,7 +137,8 @@ def plot(collected: Dict[str, Any], path: Path) -> Path:
                 line(right, ns, [by_n[n] for n in ns], f"{run}, {rule}{suffix}", f"C{i + 3 * j}{style}",
                      low="exact_accuracy_ci_low", high="exact_accuracy_ci_high")
     for ax, xlabel in ((left, "most ACT steps at evaluation (halt_max_steps)"), (right, "variants voted (votes=N)")):
-        ax.set_xscale("log", base=2)
+        ax.minorticks_off()
+        ax.set_ylim(0, 1)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -151,7 +158,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--depths", type=int, nargs="+", default=[8, 16, 32, 64])
     p.add_argument("--votes", type=int, default=16, help="the largest width N")
     p.add_argument("--latent-noise", type=float, default=0.0, help="> 0: one more width pass with this noise")
-    p.add_argument("--jobs", type=int, default=1, help="evaluations at once, each on one thread (one per core)")
+    p.add_argument("--jobs", type=int, default=1, help="evaluations at once, sharing the cores this process may use")
     p.add_argument("--output-dir", type=Path, default=ROOT / "bench" / "results" / "test_time")
     p.add_argument("--report-only", action="store_true", help="rewrite the tables and plot from evaluations on disk")
     args = p.parse_args(argv)
@@ -171,12 +178,14 @@ def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     out = args.output_dir
     if not args.report_only:
-        todo = [overrides for run in args.runs
-                for _, overrides in passes(run.resolve(), args.depths, args.votes, args.latent_noise, out.resolve())]
-        threads = 1 if args.jobs > 1 else (os.cpu_count() or 1)
-        print(f"{len(todo)} evaluations of {len(args.runs)} runs, {args.jobs} at a time")
+        todo = [(overrides, out.resolve() / "runs" / run.name / f"{name}.log") for run in args.runs
+                for name, overrides in passes(run.resolve(), args.depths, args.votes, args.latent_noise, out.resolve())]
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores // args.jobs)  # the cores this process may use (taskset), shared by the jobs
+        print(f"{len(todo)} evaluations of {len(args.runs)} runs, {args.jobs} at a time; each one's output in "
+              f"{out / 'runs'}/<run>/<pass>.log")
         with ThreadPoolExecutor(args.jobs) as pool:
-            futures = [pool.submit(evaluate, overrides, threads) for overrides in todo]
+            futures = [pool.submit(evaluate, overrides, threads, log) for overrides, log in todo]
             for future in tqdm(as_completed(futures), total=len(futures), desc="evaluations"):
                 future.result()  # a failure, as its one line
     collected = collect(args.runs, out)

@@ -24,9 +24,9 @@ def test_markdown_lays_out_depth_and_width_per_run():
                                          _depth_row(8, "adaptive", 0.2, 0.1, 0.3, 3.25)],
                                "width": {"majority": {1: cell, 4: dict(cell, exact_accuracy=0.5)}}}}
     lines = markdown(collected).splitlines()
-    assert "| run | trained steps | halting | 8 steps | 16 steps |" in lines
-    assert "| trm-seed0 | 16 | fixed | 10.0% [5.0, 15.0] | 50.0% [45.0, 55.0] |" in lines
-    assert "| trm-seed0 | 16 | adaptive | 20.0% [10.0, 30.0] (3.2 steps) |  |" in lines
+    assert "| run | trained with | halting | 8 steps | 16 steps |" in lines
+    assert "| trm-seed0 | 16 steps | fixed | 10.0% [5.0, 15.0] | 50.0% [45.0, 55.0] |" in lines
+    assert "| trm-seed0 | 16 steps | adaptive | 20.0% [10.0, 30.0] (3.2 steps) |  |" in lines
     assert "| trm-seed0 | majority | 25.0% [20.0, 30.0] | 50.0% [20.0, 30.0] |" in lines
     assert lines[-1] == "Held-out puzzles per cell: 1000."
 
@@ -59,6 +59,7 @@ def test_study_carries_evaluate_reports_into_its_tables_and_plot(tiny, tmp_path)
     fixed_at_3 = next(r for r in collected["depth"] if (r["depth"], r["halt"]) == (3, "fixed"))
     assert f"{100 * fixed_at_3['exact_accuracy']:.1f}%" in (out / "results.md").read_text()
     assert (out / "test_time.png").stat().st_size > 0
+    assert "Results written to" in (out / "runs" / name / "width_noise.log").read_text()   # each pass's own output
     # --report-only rewrites the same tables from the evaluations on disk, without evaluating
     before = (out / "results.md").read_text()
     (out / "results.md").unlink()

@@ -27,6 +27,8 @@ def test_effective_depth_at_the_papers_sizes():
     assert effective_depth({"name": "recursive_reasoning.hrm@X", "H_cycles": 2, "L_cycles": 2,
                             "H_layers": 4, "L_layers": 4}) == 24
     assert effective_depth({"name": "recursive_reasoning.transformers_baseline@X", "H_cycles": 1, "H_layers": 8}) == 8
+    assert effective_depth({"name": "recursive_reasoning.urm@URM_ACTV1", "H_cycles": 2, "L_cycles": 6,
+                            "num_layers": 4}) == 48
     assert effective_depth({"name": "my_model@Mine", "H_cycles": 1}) is None
 
 
@@ -147,7 +149,7 @@ def test_spent_budget_ends_the_run_like_its_last_pass(tmp_path):
 
 # ------------------------------------------------------------------ the study
 def test_study_config_errors_name_the_choices():
-    with pytest.raises(UserError, match=r"unknown model 'trn': choose from \['hrm', 'transformer', 'trm', 'trm_norec'\]"):
+    with pytest.raises(UserError, match=r"unknown model 'trn': choose from \['hrm', 'transformer', 'trm', 'trm_norec', 'urm'\]"):
         compose_study(["models=[trm,trn]"])
     with pytest.raises(UserError, match="seeds"):
         compose_study(["seeds=[]"])

@@ -72,7 +72,7 @@ def multirun_command(study: StudyConfig, task: str) -> List[str]:
             f"max_train_seconds={study.max_train_seconds}",
             f"eval_every_seconds={'null' if study.eval_every_seconds is None else study.eval_every_seconds}",
             f"budget_clock={study.budget_clock}", f"device={study.device}", f"wandb.mode={study.wandb_mode}",
-            f"+checkpoint_path={runs.resolve()}/${{run_name}}", f"hydra.sweep.dir={(runs / 'multirun').resolve()}",
+            f"+checkpoint_path={runs.resolve()}/${{run_name}}", f"hydra.sweep.dir={(runs / ('multirun-' + '-'.join(study.models))).resolve()}",
             *([f"data_paths=[{Path(study.data_dir).resolve()}/${{project_name}}]"] if study.data_dir else []),
             *study.overrides]
 

@@ -19,6 +19,8 @@ def effective_depth(arch: Dict) -> Optional[int]:
         return H * (L * int(arch["L_layers"]) + int(arch["H_layers"]))
     if ".trm" in name:  # trm, trm_singlez, trm_hier6: L_cycles scratchpad updates + one answer update per H cycle
         return H * (L + 1) * int(arch["L_layers"])
+    if ".urm@" in name:  # every inner loop applies the whole shared stack
+        return H * L * int(arch["num_layers"])
     return None
 
 
