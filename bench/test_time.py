@@ -1,4 +1,4 @@
-"""Test-time depth and width of trained runs (README, "Test-time depth and width on a laptop"):
+"""Test-time depth and width of trained runs (README, "Measured on a laptop"):
 `python -m bench.test_time RUN [RUN ...] [--depths 8 16 32 64] [--votes 16] [--latent-noise 0.1] [--jobs 2]`.
 
 Every run is scored by evaluate.py itself, so the figures are what a user's own command prints: once with
@@ -59,8 +59,8 @@ def collect(runs: Sequence[Path], out: Path) -> Dict[str, Any]:
                 entry["depth"] = [r for r in report["depths"] if r["set"] == "all"]
             else:
                 entry[name] = {rule: {int(n): r for n, r in by_n.items()} for rule, by_n in report["width"]["results"].items()}
-                entry["latent_noise" if name == "width_noise" else "votes"] = (
-                    report["width"]["latent_noise"] if name == "width_noise" else report["width"]["votes"])
+                if name == "width_noise":
+                    entry["latent_noise"] = report["width"]["latent_noise"]
         if entry:
             collected[run.name] = entry
     return collected
@@ -71,18 +71,20 @@ def percent(rate: float, low: float, high: float) -> str:
 
 
 def markdown(collected: Dict[str, Any]) -> str:
-    lines = ["Exact accuracy on the held-out puzzles, with 95% Wilson intervals.", ""]
-    lines += ["**Depth** (the most ACT steps at evaluation; fixed: every puzzle runs them all, adaptive: a puzzle stops "
-              "once sigmoid(q_halt) > 0.5)", "",
-              "| run | trained with | halting | " + " | ".join(f"{d} steps" for d in depth_columns(collected)) + " |",
-              "|---|---|---|" + "---|" * len(depth_columns(collected))]
+    lines = ["Exact accuracy on the held-out puzzles, with 95% Wilson intervals."]
+    depths = sorted({r["depth"] for entry in collected.values() for r in entry.get("depth", [])})
+    if depths:
+        lines += ["", "**Depth** (the most ACT steps at evaluation; fixed: every puzzle runs them all, adaptive: a "
+                  "puzzle stops once sigmoid(q_halt) > 0.5)", "",
+                  "| run | trained with | halting | " + " | ".join(f"{d} steps" for d in depths) + " |",
+                  "|---|---|---|" + "---|" * len(depths)]
     for run, entry in collected.items():
         for halt in ("fixed", "adaptive"):
             rows = {r["depth"]: r for r in entry.get("depth", []) if r["halt"] == halt}
             if rows:
                 cells = [percent(rows[d]["exact_accuracy"], rows[d]["ci_low"], rows[d]["ci_high"])
                          + ("" if halt == "fixed" else f" ({rows[d]['mean_steps']:.1f} steps)") if d in rows else ""
-                         for d in depth_columns(collected)]
+                         for d in depths]
                 lines.append(f"| {run} | {entry['trained_halt_max_steps']} steps | {halt} | " + " | ".join(cells) + " |")
     for key, title in (("width", "**Width** (N symmetric variants per puzzle, each solved at the trained depth with "
                                  "fixed halting, mapped back, one answer chosen by the rule)"),
@@ -103,10 +105,6 @@ def markdown(collected: Dict[str, Any]) -> str:
     puzzles = {r["count"] for entry in collected.values() for r in entry.get("depth", [])}
     lines += ["", f"Held-out puzzles per cell: {', '.join(map(str, sorted(puzzles)))}." if puzzles else ""]
     return "\n".join(lines).rstrip() + "\n"
-
-
-def depth_columns(collected: Dict[str, Any]) -> List[int]:
-    return sorted({r["depth"] for entry in collected.values() for r in entry.get("depth", [])})
 
 
 def plot(collected: Dict[str, Any], path: Path) -> Path:
