@@ -21,6 +21,11 @@ from utils.errors import MissingFile, UserError, user_errors
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pass_dir(out: Path, run: Path, name: str) -> Path:
+    """Where evaluate.py writes one pass of one run; its output goes to the .log beside it."""
+    return out / "runs" / run.name / name
+
+
 def passes(run: Path, depths: Sequence[int], votes: int, latent_noise: float, out: Path) -> List[Tuple[str, List[str]]]:
     """(pass name, evaluate.py overrides) for one run."""
     common = [f"checkpoint={run}"]
@@ -28,7 +33,7 @@ def passes(run: Path, depths: Sequence[int], votes: int, latent_noise: float, ou
             ("width", common + [f"votes={votes}"])]
     if latent_noise > 0:
         todo.append(("width_noise", common + [f"votes={votes}", f"latent_noise={latent_noise}"]))
-    return [(name, overrides + [f"output_dir={out / 'runs' / run.name / name}"]) for name, overrides in todo]
+    return [(name, overrides + [f"output_dir={pass_dir(out, run, name)}"]) for name, overrides in todo]
 
 
 def evaluate(overrides: List[str], threads: int, log: Path) -> None:
@@ -49,7 +54,7 @@ def collect(runs: Sequence[Path], out: Path) -> Dict[str, Any]:
     for run in runs:
         entry: Dict[str, Any] = {}
         for name in ("depth", "width", "width_noise"):
-            path = out / "runs" / run.name / name / "eval_results.json"
+            path = pass_dir(out, run, name) / "eval_results.json"
             if not path.is_file():
                 continue
             report = json.loads(path.read_text())
@@ -176,7 +181,7 @@ def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     out = args.output_dir
     if not args.report_only:
-        todo = [(overrides, out.resolve() / "runs" / run.name / f"{name}.log") for run in args.runs
+        todo = [(overrides, pass_dir(out.resolve(), run, name).with_suffix(".log")) for run in args.runs
                 for name, overrides in passes(run.resolve(), args.depths, args.votes, args.latent_noise, out.resolve())]
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         threads = max(1, cores // args.jobs)  # the cores this process may use (taskset), shared by the jobs
