@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 from tqdm import tqdm
 
+from bench.replicate.table import percent_with_interval
 from utils.errors import MissingFile, UserError, user_errors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,10 +72,6 @@ def collect(runs: Sequence[Path], out: Path) -> Dict[str, Any]:
     return collected
 
 
-def percent(rate: float, low: float, high: float) -> str:
-    return f"{100 * rate:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
-
-
 def markdown(collected: Dict[str, Any]) -> str:
     lines = ["Exact accuracy on the held-out puzzles, with 95% Wilson intervals."]
     depths = sorted({r["depth"] for entry in collected.values() for r in entry.get("depth", [])})
@@ -87,7 +84,7 @@ def markdown(collected: Dict[str, Any]) -> str:
         for halt in ("fixed", "adaptive"):
             rows = {r["depth"]: r for r in entry.get("depth", []) if r["halt"] == halt}
             if rows:
-                cells = [percent(rows[d]["exact_accuracy"], rows[d]["ci_low"], rows[d]["ci_high"])
+                cells = [percent_with_interval(rows[d]["exact_accuracy"], rows[d]["ci_low"], rows[d]["ci_high"])
                          + ("" if halt == "fixed" else f" ({rows[d]['mean_steps']:.1f} steps)") if d in rows else ""
                          for d in depths]
                 lines.append(f"| {run} | {entry['trained_halt_max_steps']} steps | {halt} | " + " | ".join(cells) + " |")
@@ -104,7 +101,7 @@ def markdown(collected: Dict[str, Any]) -> str:
         for run, entry in tables:
             label = run + (f" (noise {entry['latent_noise']:g})" if key == "width_noise" else "")
             for rule, by_n in entry[key].items():
-                cells = [percent(by_n[n]["exact_accuracy"], by_n[n]["exact_accuracy_ci_low"], by_n[n]["exact_accuracy_ci_high"])
+                cells = [percent_with_interval(by_n[n]["exact_accuracy"], by_n[n]["exact_accuracy_ci_low"], by_n[n]["exact_accuracy_ci_high"])
                          if n in by_n else "" for n in counts]
                 lines.append(f"| {label} | {rule} | " + " | ".join(cells) + " |")
     puzzles = {r["count"] for entry in collected.values() for r in entry.get("depth", [])}

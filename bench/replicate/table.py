@@ -96,14 +96,19 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def percent_with_interval(rate: float, low: float, high: float) -> str:
+    """A rate and its 95% interval as the study tables print them: 50.0% [47.2, 52.8]."""
+    return f"{_pct(rate)}% [{_pct(low)}, {_pct(high)}]"
+
+
 def markdown_table(rows: Sequence[ModelSummary]) -> str:
     lines = ["| task | model | parameters | effective depth | exact accuracy [95% CI] | per seed | cell accuracy | "
              "training steps | training time (s) |",
              "|---|---|---:|---:|---|---|---:|---:|---:|"]
     for r in rows:
         depth = str(r.effective_depth) if r.effective_depth is not None else "n/a"
-        lines.append(f"| {r.task} | {r.model} | {r.params:,} | {depth} | {_pct(r.exact_accuracy)}% "
-                     f"[{_pct(r.ci_low)}, {_pct(r.ci_high)}] | {' / '.join(_pct(a) for a in r.seed_accuracies)} | "
+        lines.append(f"| {r.task} | {r.model} | {r.params:,} | {depth} | "
+                     f"{percent_with_interval(r.exact_accuracy, r.ci_low, r.ci_high)} | {' / '.join(_pct(a) for a in r.seed_accuracies)} | "
                      f"{_pct(r.cell_accuracy_mean)}% | {r.steps_mean:.0f} | {r.train_seconds_mean:.1f} |")
     return "\n".join(lines) + "\n"
 
